@@ -1,0 +1,52 @@
+"""The kb command line: thin click commands over the library modules."""
+
+import functools
+import logging
+
+import click
+
+from kb import config
+from kb.errors import KbError
+
+
+def db_option(function):
+    """Add the shared ``-d/--db`` option, which falls back to $KB_DB."""
+    return click.option(
+        "-d",
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False),
+        envvar="KB_DB",
+        default=str(config.DEFAULT_DB),
+        show_default=True,
+        help="SQLite database file",
+    )(function)
+
+
+def reports_errors(function):
+    """Turn a KbError raised by the library into a click error (exit 1)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KbError as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="kb")
+@click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug")
+def cli(verbose):
+    """A searchable knowledge base over engineering blog feeds.
+
+    \b
+    Example:
+        kb ingest --from ../corpus/feeds
+        kb search "multi-AZ failover"
+        kb serve
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,142 @@
+"""Numbered, append-only schema migrations.
+
+Each migration is a function that takes a sqlite_utils.Database and runs
+inside one transaction. Applied migrations are recorded in the
+``kb_migrations`` table, so running them again does nothing. Never edit a
+migration that has shipped: append a new one.
+"""
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlite_utils
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = []
+
+
+def migration(number: int):
+    """Register a function as migration ``number``."""
+
+    def register(function):
+        MIGRATIONS.append((number, function.__name__, function))
+        MIGRATIONS.sort(key=lambda item: item[0])
+        return function
+
+    return register
+
+
+def applied_migrations(db: sqlite_utils.Database) -> set[int]:
+    """Return the numbers of the migrations already applied to ``db``."""
+    if "kb_migrations" not in db.table_names():
+        return set()
+    return {row["id"] for row in db["kb_migrations"].rows}
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every pending migration in order and return their names."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS kb_migrations "
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = applied_migrations(db)
+    names = []
+    for number, name, function in MIGRATIONS:
+        if number in done:
+            continue
+        with db.conn:
+            function(db)
+            db["kb_migrations"].insert(
+                {
+                    "id": number,
+                    "name": name,
+                    "applied_at": datetime.now(timezone.utc).isoformat(),
+                }
+            )
+        names.append(name)
+    return names
+
+
+@migration(1)
+def m001_feeds_posts_runs(db: sqlite_utils.Database) -> None:
+    """Create feeds, posts, the posts FTS5 index and the run and fetch logs."""
+    db.executescript(
+        """
+        CREATE TABLE feeds (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL UNIQUE,
+            title TEXT,
+            company TEXT,
+            url TEXT NOT NULL UNIQUE,
+            homepage TEXT,
+            category TEXT,
+            status TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'disabled', 'retired')),
+            etag TEXT,
+            last_modified TEXT,
+            last_fetched_at TEXT,
+            last_success_at TEXT,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            next_fetch_after TEXT,
+            added_at TEXT NOT NULL
+        );
+        CREATE TABLE posts (
+            id INTEGER PRIMARY KEY,
+            feed_id INTEGER NOT NULL REFERENCES feeds(id),
+            url TEXT UNIQUE,
+            link TEXT,
+            guid TEXT,
+            fingerprint TEXT NOT NULL,
+            title TEXT,
+            author TEXT,
+            published TEXT,
+            updated TEXT,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            summary TEXT,
+            content_html TEXT,
+            content_text TEXT,
+            content_hash TEXT NOT NULL,
+            word_count INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX posts_feed_guid ON posts (feed_id, guid);
+        CREATE INDEX posts_fingerprint ON posts (fingerprint);
+        CREATE INDEX posts_published ON posts (published);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            mode TEXT NOT NULL,
+            label TEXT,
+            status TEXT NOT NULL DEFAULT 'running',
+            feeds_total INTEGER NOT NULL DEFAULT 0,
+            feeds_ok INTEGER NOT NULL DEFAULT 0,
+            feeds_failed INTEGER NOT NULL DEFAULT 0,
+            posts_new INTEGER NOT NULL DEFAULT 0,
+            posts_updated INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE fetches (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            feed_id INTEGER REFERENCES feeds(id),
+            source TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            http_status INTEGER,
+            outcome TEXT NOT NULL,
+            posts_new INTEGER NOT NULL DEFAULT 0,
+            posts_updated INTEGER NOT NULL DEFAULT 0,
+            posts_unchanged INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER,
+            elapsed_ms INTEGER,
+            error TEXT,
+            warning TEXT
+        );
+        CREATE INDEX fetches_feed ON fetches (feed_id, started_at);
+        """
+    )
+    # External-content FTS5 table kept in step by triggers, so a post and its
+    # index row are written in the same transaction.
+    db["posts"].enable_fts(
+        ["title", "content_text"], tokenize="porter", create_triggers=True
+    )
