@@ -92,7 +92,6 @@ def m001_feeds_posts_runs(db: sqlite_utils.Database) -> None:
             published TEXT,
             updated TEXT,
             first_seen TEXT NOT NULL,
-            last_seen TEXT NOT NULL,
             summary TEXT,
             content_html TEXT,
             content_text TEXT,
@@ -128,15 +127,86 @@ def m001_feeds_posts_runs(db: sqlite_utils.Database) -> None:
             posts_updated INTEGER NOT NULL DEFAULT 0,
             posts_unchanged INTEGER NOT NULL DEFAULT 0,
             bytes INTEGER,
+            body_sha256 TEXT,
             elapsed_ms INTEGER,
             error TEXT,
             warning TEXT
         );
         CREATE INDEX fetches_feed ON fetches (feed_id, started_at);
+        CREATE INDEX fetches_body ON fetches (feed_id, body_sha256);
         """
     )
     # External-content FTS5 table kept in step by triggers, so a post and its
     # index row are written in the same transaction.
     db["posts"].enable_fts(
         ["title", "content_text"], tokenize="porter", create_triggers=True
+    )
+
+
+@migration(3)
+def m003_topics_themes(db: sqlite_utils.Database) -> None:
+    """Create topics, themes, their post assignments and the weekly counts."""
+    db.executescript(
+        """
+        CREATE TABLE topic_fits (
+            id INTEGER PRIMARY KEY,
+            fitted_at TEXT NOT NULL,
+            model TEXT NOT NULL,
+            posts INTEGER NOT NULL,
+            topics INTEGER NOT NULL,
+            unassigned INTEGER NOT NULL,
+            silhouette REAL,
+            matched INTEGER NOT NULL DEFAULT 0,
+            created INTEGER NOT NULL DEFAULT 0,
+            retired INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE topics (
+            id INTEGER PRIMARY KEY,
+            label TEXT NOT NULL,
+            terms TEXT NOT NULL,
+            size INTEGER NOT NULL DEFAULT 0,
+            companies TEXT NOT NULL DEFAULT '[]',
+            representative_posts TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'retired')),
+            model TEXT NOT NULL,
+            centroid BLOB NOT NULL,
+            threshold REAL NOT NULL,
+            fit_id INTEGER REFERENCES topic_fits(id),
+            created TEXT NOT NULL,
+            last_seen TEXT NOT NULL
+        );
+        CREATE TABLE post_topics (
+            post_id INTEGER PRIMARY KEY REFERENCES posts(id) ON DELETE CASCADE,
+            topic_id INTEGER NOT NULL REFERENCES topics(id),
+            score REAL NOT NULL,
+            assigned TEXT NOT NULL
+        );
+        CREATE INDEX post_topics_topic ON post_topics (topic_id, score);
+        CREATE TABLE themes (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            keywords TEXT NOT NULL DEFAULT '[]',
+            source TEXT,
+            threshold REAL,
+            posts INTEGER NOT NULL DEFAULT 0,
+            updated TEXT NOT NULL
+        );
+        CREATE TABLE post_themes (
+            post_id INTEGER NOT NULL REFERENCES posts(id) ON DELETE CASCADE,
+            theme TEXT NOT NULL REFERENCES themes(name) ON DELETE CASCADE,
+            score REAL NOT NULL,
+            PRIMARY KEY (post_id, theme)
+        );
+        CREATE INDEX post_themes_theme ON post_themes (theme, score);
+        CREATE TABLE weekly (
+            week TEXT NOT NULL,
+            company TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('topic', 'theme')),
+            key TEXT NOT NULL,
+            label TEXT NOT NULL,
+            posts INTEGER NOT NULL,
+            PRIMARY KEY (week, company, kind, key)
+        );
+        """
     )
