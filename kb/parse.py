@@ -132,7 +132,7 @@ def parse_feed(
         raise ParseError(f"{name}: not a feed ({not_a_feed_reason(data, parsed)})")
     feed = parsed.feed
     result = ParsedFeed(
-        title=plain_text(feed.get("title")) or None,
+        title=detail_text(feed, "title") or None,
         homepage=feed.get("link"),
         self_url=self_link(feed),
         version=parsed.version or "unknown",
@@ -156,7 +156,7 @@ def parse_entry(entry, *, name: str, link_base: str | None = None) -> ParsedEntr
     link = entry_link(entry)
     if link and link_base and not absolute(link):
         link = urljoin(link_base, link)
-    title = plain_text(entry.get("title")) or None
+    title = detail_text(entry, "title") or None
     published = entry_date(entry, "published") or entry_date(entry, "created")
     updated = entry_date(entry, "updated")
     body_html = best_html(entry)
@@ -311,6 +311,19 @@ def html_to_text(html: str) -> str:
         element.tail = "\n" + (element.tail or "")
     lines = (normalize_space(line) for line in root.text_content().splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def detail_text(element, key: str) -> str:
+    """Return a title as plain text, stripping markup only when it is HTML.
+
+    feedparser marks each text construct with a type. An RSS title of
+    ``First &lt;post&gt;`` is text/plain "First <post>" and keeps its brackets.
+    """
+    value = element.get(key)
+    detail = element.get(f"{key}_detail") or {}
+    if value and "html" in (detail.get("type") or ""):
+        return plain_text(value)
+    return normalize_space(value or "")
 
 
 def plain_text(value: str | None) -> str:
