@@ -50,3 +50,8 @@ def cli(verbose):
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+from kb.cli_digest import digest  # noqa: E402
+
+cli.add_command(digest)
