@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import numpy as np
 import sqlite_utils
+from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from kb import summarize
@@ -124,7 +125,7 @@ def build_digest(
         return empty_digest(title, start, end, days)
     if background is None:
         background = fit_background(db, end)
-    vectors = post_vectors(posts, background.vectorizer)
+    vectors, method = post_vectors(db, posts, background.vectorizer)
     scores, relatedness = signal_scores(posts, vectors)
     order = sorted(
         range(len(posts)),
@@ -149,7 +150,9 @@ def build_digest(
         companies=companies,
         overview=overview(len(posts), companies, days),
         signal=dives[0],
-        signal_reason=signal_reason(posts, signal_index, relatedness[signal_index]),
+        signal_reason=signal_reason(
+            posts, signal_index, relatedness[signal_index], method
+        ),
         deep_dives=dives[1:],
         more_posts=[post_ref(posts[index]) for index in rest[:MAX_LISTED]],
         more_count=len(rest),
@@ -283,9 +286,46 @@ def fit_background(db: sqlite_utils.Database, end: str | Date) -> Background:
     return Background(vectorizer, frequency)
 
 
-def post_vectors(posts: list[dict], vectorizer: TfidfVectorizer) -> np.ndarray:
-    """Return L2-normalised TF-IDF vectors of shape (n_posts, n_terms)."""
-    return vectorizer.transform([post_document(post) for post in posts])
+def post_vectors(
+    db: sqlite_utils.Database, posts: list[dict], vectorizer: TfidfVectorizer
+) -> tuple[np.ndarray | sparse.spmatrix, str]:
+    """Return one L2-normalised vector per post and the name of the method.
+
+    Stored post embeddings are used when every post in the window has one,
+    since they compare meaning rather than shared words. Otherwise the posts
+    get TF-IDF vectors from the background ``vectorizer``.
+
+    Returns the vectors of shape (n_posts, dim), dense for embeddings and a
+    sparse matrix for TF-IDF, and the method: "embedding" or "TF-IDF".
+    """
+    embeddings = stored_embeddings(db, [post["id"] for post in posts])
+    if embeddings is not None:
+        return embeddings, "embedding"
+    # TF-IDF stays sparse: a week's posts over the background vocabulary
+    # would take tens of megabytes as a dense array.
+    return vectorizer.transform([post_document(post) for post in posts]), "TF-IDF"
+
+
+def stored_embeddings(
+    db: sqlite_utils.Database, post_ids: list[int]
+) -> np.ndarray | None:
+    """Return the stored post vectors for ``post_ids`` in order, or None.
+
+    None means that embeddings are not available: the vector module or its
+    tables are missing, or at least one of the posts has no vector yet.
+    """
+    if not db["vectors"].exists():
+        return None
+    try:
+        from kb.vectors import load_post_vectors
+    except ImportError:
+        return None
+    ids, vectors = load_post_vectors(db)
+    rows = {int(post_id): row for row, post_id in enumerate(ids)}
+    if not vectors.size or any(post_id not in rows for post_id in post_ids):
+        logger.info("some posts have no embedding: comparing posts by TF-IDF")
+        return None
+    return vectors[[rows[post_id] for post_id in post_ids]]
 
 
 def signal_scores(posts: list[dict], vectors) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +338,9 @@ def signal_scores(posts: list[dict], vectors) -> tuple[np.ndarray, np.ndarray]:
 
     Returns the signal scores and the relatedness, each of shape (n_posts,).
     """
-    similarity = np.asarray((vectors @ vectors.T).todense())
+    similarity = vectors @ vectors.T
+    if sparse.issparse(similarity):
+        similarity = similarity.toarray()
     companies = np.array([post["company"] for post in posts])
     count = len(posts)
     relatedness = np.zeros(count)
@@ -339,8 +381,10 @@ def deep_dive(post: dict, score: float, vectorizer: TfidfVectorizer) -> DeepDive
     return DeepDive(post_ref(post), summary.sentences, summary.note, round(score, 4))
 
 
-def signal_reason(posts: list[dict], index: int, relatedness: float) -> str:
-    """Return the sentence that says why a post is the Signal of the Day."""
+def signal_reason(
+    posts: list[dict], index: int, relatedness: float, method: str
+) -> str:
+    """Return the sentence that states why a post is the Signal of the Day."""
     if len(posts) == 1:
         return "It is the only post published in this window."
     company = posts[index]["company"]
@@ -348,12 +392,12 @@ def signal_reason(posts: list[dict], index: int, relatedness: float) -> str:
     if not others:
         return (
             "It is the post most related to the other posts in this window, all "
-            f"from {company} (mean TF-IDF cosine similarity {relatedness:.2f})."
+            f"from {company} (mean {method} cosine similarity {relatedness:.2f})."
         )
     return (
         f"It is the post most related to what {len(others)} other "
         f"{'company' if len(others) == 1 else 'companies'} published in this "
-        f"window (mean TF-IDF cosine similarity {relatedness:.2f}), counting "
+        f"window (mean {method} cosine similarity {relatedness:.2f}), counting "
         "posts with little text for less."
     )
 

@@ -509,3 +509,16 @@ def test_cli_digest_missing_database(tmp_path):
     assert result.exit_code == 1
     assert "Database not found" in result.output
     assert not missing.exists()
+
+
+def test_signal_uses_stored_embeddings(kafka_db):
+    embed = pytest.importorskip("kb.embed", reason="kb.embed is not installed")
+    embed.embed_posts(kafka_db, "hash:64")
+    digest = build_digest(kafka_db, "2026-04-16")
+    assert "embedding cosine similarity" in digest.signal_reason
+    assert digest.signal.post.company in ("Acme", "Globex")
+
+
+def test_signal_without_embeddings_uses_tfidf(kafka_db):
+    digest = build_digest(kafka_db, "2026-04-16")
+    assert "TF-IDF cosine similarity" in digest.signal_reason
