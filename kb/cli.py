@@ -52,6 +52,10 @@ def cli(verbose):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+from kb.cli_feeds import feeds  # noqa: E402
+
+cli.add_command(feeds)
+
 from kb.cli_digest import digest  # noqa: E402
 
 cli.add_command(digest)
