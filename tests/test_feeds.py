@@ -11,6 +11,7 @@ from faultserver import fault_server_fixture  # noqa: F401 - the fault_server fi
 
 from kb import feeds as sources
 from kb.cli import cli
+from kb.companies import company_for
 from kb.db import open_db
 from kb.errors import ConfigError
 from kb.fetch import FeedRequest, FetchResult, FetchSettings, fetch_all
@@ -431,7 +432,7 @@ def test_list_feeds_counts_posts(fresh_db):
     ],
 )
 def test_company_for(url, title, company):
-    assert sources.company_for(url, title) == company
+    assert company_for(url, title) == company
 
 
 # -- feed_for_slug -----------------------------------------------------------
