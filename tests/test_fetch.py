@@ -116,7 +116,7 @@ def test_changed_etag_gives_new_body(fault_server):
     assert result.etag == '"v2"'
 
 
-def test_not_modified_without_validators_keeps_request_ones(fault_server):
+def test_bare_304_keeps_request_validators(fault_server):
     # Some servers answer 304 with no ETag or Last-Modified header at all.
     url = fault_server.respond("/bare304", 304)
     result = fetch(url, etag='"old"', last_modified="Sun, 02 Aug 2026 00:00:00 GMT")
