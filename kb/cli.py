@@ -59,3 +59,8 @@ cli.add_command(feeds)
 from kb.cli_digest import digest  # noqa: E402
 
 cli.add_command(digest)
+
+from kb.cli_ingest import ingest, status  # noqa: E402
+
+cli.add_command(ingest)
+cli.add_command(status)

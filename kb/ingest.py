@@ -124,6 +124,7 @@ class Snapshot:
 
 
 OnFeed = Callable[[FeedOutcome], None]
+OnStart = Callable[[int], None]
 
 
 @contextmanager
@@ -153,6 +154,7 @@ def ingest_feeds(
     db: sqlite_utils.Database,
     *,
     settings=None,
+    on_start: OnStart | None = None,
     on_feed: OnFeed | None = None,
     now: datetime | None = None,
 ) -> IngestReport:
@@ -167,6 +169,8 @@ def ingest_feeds(
     now = now or datetime.now(timezone.utc)
     feed_sources.ensure_sources(db)
     due = feed_sources.due_feeds(db, now)
+    if on_start:
+        on_start(len(due))
     report = IngestReport()
     run_id = start_run(db, "fetch", label=None, feeds_total=len(due))
     report.run_ids.append(run_id)
@@ -249,6 +253,7 @@ def ingest_paths(
     db: sqlite_utils.Database,
     paths: list[str],
     *,
+    on_start: OnStart | None = None,
     on_feed: OnFeed | None = None,
 ) -> IngestReport:
     """Replay saved feed files, folders and URLs, one run per snapshot date.
@@ -257,6 +262,8 @@ def ingest_paths(
     """
     nights = plan_replay(paths)
     feed_sources.ensure_sources(db)
+    if on_start:
+        on_start(sum(len(snapshots) for _, snapshots in nights))
     report = IngestReport()
     for label, snapshots in nights:
         run_id = start_run(db, "replay", label=label, feeds_total=len(snapshots))
@@ -533,6 +540,30 @@ def finish_run(db: sqlite_utils.Database, run_id: int, report: IngestReport) -> 
                 "posts_updated": report.updated,
             },
         )
+
+
+def refresh_derived(
+    db: sqlite_utils.Database, *, model_name: str | None = None, show_progress: bool = False
+) -> Iterator[str]:
+    """Embed new and edited posts, then update topics and themes.
+
+    Yields one message per step for the caller to print. The posts are already
+    committed, so a failure here loses nothing that was ingested.
+    """
+    from kb.embed import embed_posts
+
+    stats = embed_posts(db, model_name, progress=show_progress)
+    yield f"Embeddings: {stats}"
+    try:
+        from kb.topics import update_topics
+    except ImportError:
+        return
+    yield f"Topics: {update_topics(db)}"
+    try:
+        from kb.themes import assign_themes
+    except ImportError:
+        return
+    yield f"Themes: {assign_themes(db)}"
 
 
 def is_url(value: str) -> bool:

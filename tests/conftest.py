@@ -50,3 +50,33 @@ def fresh_db(db_file):
     db = open_db(db_file)
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def corpus_db_path(tmp_path_factory) -> Path:
+    """A database holding the whole real corpus, built once per test session.
+
+    Built without embeddings; tests that change it must copy it first
+    (``shutil.copy``), since other tests share the file.
+    """
+    from kb.ingest import ingest_paths
+
+    feeds = shared_path("corpus", "feeds")
+    path = tmp_path_factory.mktemp("corpus") / "corpus.db"
+    db = open_db(path)
+    ingest_paths(db, [str(feeds)])
+    db.close()
+    return path
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch):
+    """The deterministic ``hash:64`` test model, also selected through $KB_MODEL.
+
+    It needs no weights and embeds a text as a signed bag of hashed words, so
+    texts that share words are near each other and nothing else is.
+    """
+    from kb.embed import get_embedder
+
+    monkeypatch.setenv("KB_MODEL", "hash:64")
+    return get_embedder("hash:64")
