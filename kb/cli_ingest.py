@@ -47,7 +47,9 @@ def ingest(db_path, sources, quiet, no_embed, model):
     """
     missing = [path for path in sources if not is_url(path) and not Path(path).exists()]
     if missing:
-        raise click.BadParameter(f"path not found: {', '.join(missing)}", param_hint="--from")
+        raise click.BadParameter(
+            f"path not found: {', '.join(missing)}", param_hint="--from"
+        )
     show_bar = not quiet and sys.stderr.isatty()
     if quiet:
         logging.getLogger("kb").setLevel(logging.ERROR)
@@ -66,7 +68,9 @@ def ingest(db_path, sources, quiet, no_embed, model):
         if not quiet:
             click.echo(report.total_line())
         if not no_embed and report.outcomes:
-            for message in refresh_derived(db, model_name=model, show_progress=show_bar):
+            for message in refresh_derived(
+                db, model_name=model, show_progress=show_bar
+            ):
                 if not quiet:
                     click.echo(message)
     sys.exit(report.exit_code)
@@ -115,7 +119,16 @@ def status(db_path, as_json):
     if as_json:
         click.echo(json.dumps([asdict(row) for row in rows], indent=2))
         return
-    header = ("feed", "company", "health", "posts", "newest post", "last success", "fails", "last error")
+    header = (
+        "feed",
+        "company",
+        "health",
+        "posts",
+        "newest post",
+        "last success",
+        "fails",
+        "last error",
+    )
     lines = [header]
     for row in rows:
         lines.append(
@@ -130,9 +143,11 @@ def status(db_path, as_json):
                 shorten(row.last_error or "", 60),
             )
         )
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    widths = [
+        max(len(line[column]) for line in lines) for column in range(len(header) - 1)
+    ]
     for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths)]
+        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)]
         click.echo("  ".join(cells + [line[-1]]).rstrip())
 
 

@@ -5,9 +5,9 @@ due feed over HTTP(S). ``ingest_paths`` replays saved feed files, URLs and
 folders laid out as ``<source>/<YYYY-MM-DD>.xml``, one run per date in date
 order, as if each date were a nightly run.
 
-Each feed is written in one transaction (its posts, their FTS rows through
-triggers, its fetch log row and its state), so killing a run at any moment
-leaves whole feeds or nothing, and a rerun picks up where it stopped.
+Each feed is written in one transaction: its posts, their FTS rows (through
+triggers), its fetch log row and its state. Killing a run at any moment
+therefore leaves whole feeds or nothing, and a rerun picks up where it stopped.
 """
 
 import fcntl
@@ -32,13 +32,12 @@ from kb.store import StoreCounts, store_entries
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:T\d{2,6})?\.[A-Za-z0-9]+$")
-FEED_SUFFIXES = {".xml", ".rss", ".atom", ".rdf", ".feed"}
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
 @dataclass
 class FeedOutcome:
-    """What one feed contributed to a run."""
+    """The result of one feed in a run: counts, error and parser warnings."""
 
     name: str
     source: str
@@ -197,14 +196,18 @@ def ingest_feeds(
     return report
 
 
-def store_fetch_result(db: sqlite_utils.Database, run_id: int, feed: dict, result) -> FeedOutcome:
+def store_fetch_result(
+    db: sqlite_utils.Database, run_id: int, feed: dict, result
+) -> FeedOutcome:
     """Record one fetch and store its posts, all in one transaction."""
     now = datetime.now(timezone.utc)
     seen_at = now.isoformat(timespec="seconds")
     name = feed["slug"]
     outcome = FeedOutcome(name=name, source=result.request.url, outcome="failed")
     parsed: ParsedFeed | None = None
-    body_sha256 = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
+    body_sha256 = (
+        hashlib.sha256(result.body).hexdigest() if result.body is not None else None
+    )
     already_stored = stored_body_entries(db, feed["id"], body_sha256)
     if already_stored is not None and result.error is None:
         result.not_modified = True
@@ -222,17 +225,16 @@ def store_fetch_result(db: sqlite_utils.Database, run_id: int, feed: dict, resul
         outcome.error = result.error
     try:
         with db.conn:
-            feed_sources.record_fetch_outcome(db, feed, result, now)
+            # Bytes that do not parse count as a failure, and their validators
+            # are not stored, so the next run fetches them again.
+            parse_error = outcome.error if result.error is None else None
+            feed_sources.record_fetch_outcome(db, feed, result, now, error=parse_error)
             if result.not_modified:
                 outcome.outcome = "not_modified"
             elif parsed is not None:
                 counts = store_entries(db, feed["id"], parsed.entries, seen_at)
                 apply_counts(outcome, counts, parsed)
                 fill_feed_details(db, feed, parsed)
-            elif result.error is None:
-                # Fetched but unparseable: count a failure and forget the
-                # validators, or the next run would get a 304 and never retry.
-                mark_failed(db, feed, outcome.error, now)
             log_fetch(
                 db,
                 run_id,
@@ -326,16 +328,22 @@ def snapshots_under(path: str) -> Iterator[Snapshot]:
 def snapshot_for_file(path: Path) -> Snapshot:
     match = SNAPSHOT_NAME.match(path.name)
     if match:
-        return Snapshot(slug=slugify(path.parent.name), location=str(path), date=match[1])
+        return Snapshot(
+            slug=slugify(path.parent.name), location=str(path), date=match[1]
+        )
     return Snapshot(slug=slugify(f"{path.parent.name}-{path.stem}"), location=str(path))
 
 
-def replay_snapshot(db: sqlite_utils.Database, run_id: int, snapshot: Snapshot) -> FeedOutcome:
+def replay_snapshot(
+    db: sqlite_utils.Database, run_id: int, snapshot: Snapshot
+) -> FeedOutcome:
     """Store the posts of one saved document as one feed's nightly fetch."""
     now = datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
     seen_at = f"{snapshot.date}T00:00:00+00:00" if snapshot.date else stamp
-    outcome = FeedOutcome(name=snapshot.slug, source=snapshot.location, outcome="failed")
+    outcome = FeedOutcome(
+        name=snapshot.slug, source=snapshot.location, outcome="failed"
+    )
     data = body_sha256 = None
     try:
         data, base_url, content_type = read_snapshot(snapshot)
@@ -397,19 +405,31 @@ def read_snapshot(snapshot: Snapshot) -> tuple[bytes, str | None, str | None]:
     if is_url(snapshot.location):
         from kb.fetch import FeedRequest, fetch_all
 
-        result = fetch_all([FeedRequest(feed_id=None, url=snapshot.location, etag=None, last_modified=None)])[0]
+        result = fetch_all(
+            [
+                FeedRequest(
+                    feed_id=None, url=snapshot.location, etag=None, last_modified=None
+                )
+            ]
+        )[0]
         if result.error:
             raise FeedError(result.error)
         return result.body or b"", result.final_url, result.content_type
     path = Path(snapshot.location)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise FeedError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit for a feed")
+        raise FeedError(
+            f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit for a feed"
+        )
     return path.read_bytes(), None, None
 
 
 def apply_counts(outcome: FeedOutcome, counts: StoreCounts, parsed: ParsedFeed) -> None:
-    outcome.new, outcome.updated, outcome.unchanged = counts.new, counts.updated, counts.unchanged
+    outcome.new, outcome.updated, outcome.unchanged = (
+        counts.new,
+        counts.updated,
+        counts.unchanged,
+    )
     outcome.warnings = parsed.warnings
     if counts.new:
         outcome.outcome = "new"
@@ -419,7 +439,9 @@ def apply_counts(outcome: FeedOutcome, counts: StoreCounts, parsed: ParsedFeed) 
         outcome.outcome = "unchanged"
 
 
-def fill_feed_details(db: sqlite_utils.Database, feed: dict, parsed: ParsedFeed) -> None:
+def fill_feed_details(
+    db: sqlite_utils.Database, feed: dict, parsed: ParsedFeed
+) -> None:
     """Fill a feed's title and homepage from the document when they are empty."""
     changes = {}
     if not feed.get("title") and parsed.title:
@@ -444,7 +466,9 @@ def mark_succeeded(db: sqlite_utils.Database, feed: dict, now: datetime) -> None
     )
 
 
-def mark_failed(db: sqlite_utils.Database, feed: dict, error: str | None, now: datetime) -> None:
+def mark_failed(
+    db: sqlite_utils.Database, feed: dict, error: str | None, now: datetime
+) -> None:
     from kb.fetch import next_attempt_after
 
     failures = (db["feeds"].get(feed["id"])["consecutive_failures"] or 0) + 1
@@ -456,12 +480,16 @@ def mark_failed(db: sqlite_utils.Database, feed: dict, error: str | None, now: d
             "last_error": error,
             "etag": None,
             "last_modified": None,
-            "next_fetch_after": next_attempt_after(failures, None, now).isoformat(timespec="seconds"),
+            "next_fetch_after": next_attempt_after(failures, None, now).isoformat(
+                timespec="seconds"
+            ),
         },
     )
 
 
-def stored_body_entries(db: sqlite_utils.Database, feed_id: int, body_sha256: str | None) -> int | None:
+def stored_body_entries(
+    db: sqlite_utils.Database, feed_id: int, body_sha256: str | None
+) -> int | None:
     """Return the entry count when this feed already stored these exact bytes.
 
     Parsing the same bytes again would change nothing, so a nightly run over
@@ -509,21 +537,29 @@ def log_fetch(
     )
 
 
-def start_run(db: sqlite_utils.Database, mode: str, *, label: str | None, feeds_total: int) -> int:
+def start_run(
+    db: sqlite_utils.Database, mode: str, *, label: str | None, feeds_total: int
+) -> int:
     """Insert a run row, first closing runs that a killed ingest left open."""
     with db.conn:
         # The caller holds the ingest lock, so any run still marked running
         # belongs to a process that died.
         db.execute("update runs set status = 'aborted' where status = 'running'")
-        return db["runs"].insert(
-            {
-                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "mode": mode,
-                "label": label,
-                "status": "running",
-                "feeds_total": feeds_total,
-            }
-        ).last_pk
+        return (
+            db["runs"]
+            .insert(
+                {
+                    "started_at": datetime.now(timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                    "mode": mode,
+                    "label": label,
+                    "status": "running",
+                    "feeds_total": feeds_total,
+                }
+            )
+            .last_pk
+        )
 
 
 def finish_run(db: sqlite_utils.Database, run_id: int, report: IngestReport) -> None:
@@ -543,7 +579,10 @@ def finish_run(db: sqlite_utils.Database, run_id: int, report: IngestReport) -> 
 
 
 def refresh_derived(
-    db: sqlite_utils.Database, *, model_name: str | None = None, show_progress: bool = False
+    db: sqlite_utils.Database,
+    *,
+    model_name: str | None = None,
+    show_progress: bool = False,
 ) -> Iterator[str]:
     """Embed new and edited posts, then update topics and themes.
 

@@ -147,7 +147,9 @@ def parse_feed(
         except (TypeError, ValueError) as error:
             result.warnings.append(f"{name}: skipped an entry: {error}")
     if not result.entries and parsed.bozo:
-        raise ParseError(f"{name}: no entries recovered, {describe_bozo(parsed.bozo_exception)}")
+        raise ParseError(
+            f"{name}: no entries recovered, {describe_bozo(parsed.bozo_exception)}"
+        )
     return result
 
 
@@ -165,7 +167,9 @@ def parse_entry(entry, *, name: str, link_base: str | None = None) -> ParsedEntr
     content_html = sanitize(body_html) if body_html else None
     content_text = html_to_text(body_html) if body_html else ""
     summary_html = entry.get("summary") or ""
-    summary_text = content_text if summary_html == body_html else html_to_text(summary_html)
+    summary_text = (
+        content_text if summary_html == body_html else html_to_text(summary_html)
+    )
     summary = shorten(summary_text or content_text, SUMMARY_CHARS)
     guid = (entry.get("id") or "").strip() or None
     author = plain_text(entry.get("author")) or None
@@ -200,7 +204,8 @@ def canonical_url(link: str) -> str:
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if parts.port and not (
-        (scheme == "http" and parts.port == 80) or (scheme == "https" and parts.port == 443)
+        (scheme == "http" and parts.port == 80)
+        or (scheme == "https" and parts.port == 443)
     ):
         host = f"{host}:{parts.port}"
     if parts.username:
@@ -291,7 +296,11 @@ def resolve_relative_links(html: str, base: str) -> str:
 
 def sanitize(html: str) -> str:
     """Return ``html`` with scripts, event handlers and unsafe URLs removed."""
-    return nh3.clean(html, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer nofollow")
+    return nh3.clean(
+        html,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )
 
 
 def html_to_text(html: str) -> str:

@@ -38,7 +38,9 @@ class FeedHealth:
     last_error: str | None
 
 
-def feed_health(db: sqlite_utils.Database, now: datetime | None = None) -> list[FeedHealth]:
+def feed_health(
+    db: sqlite_utils.Database, now: datetime | None = None
+) -> list[FeedHealth]:
     """Return the health of every feed, worst first within the usual slug order."""
     now = now or datetime.now(timezone.utc)
     rows = []

@@ -89,7 +89,9 @@ def find_post(
 ) -> dict | None:
     """Return the stored post an entry matches, or None."""
     if guid:
-        row = first_row(db, "select * from posts where feed_id = ? and guid = ?", [feed_id, guid])
+        row = first_row(
+            db, "select * from posts where feed_id = ? and guid = ?", [feed_id, guid]
+        )
         if row:
             return row
     if url:
@@ -159,11 +161,15 @@ def update_post(
     changes = {}
     if existing["published"] is None and entry.published:
         changes["published"] = entry.published
-    if url and existing["url"] is None and not first_row(
-        db, "select id from posts where url = ?", [url]
+    if (
+        url
+        and existing["url"] is None
+        and not first_row(db, "select id from posts where url = ?", [url])
     ):
         changes["url"] = url
-    if entry.content_hash != existing["content_hash"] and is_edit(feed_id, existing, entry):
+    if entry.content_hash != existing["content_hash"] and is_edit(
+        feed_id, existing, entry
+    ):
         changes.update(
             {
                 "title": entry.title,
@@ -194,7 +200,9 @@ def is_edit(feed_id: int, existing: dict, entry: ParsedEntry) -> bool:
     return True
 
 
-def edit_time(entry_updated: str | None, stored_updated: str | None, seen_at: str) -> str:
+def edit_time(
+    entry_updated: str | None, stored_updated: str | None, seen_at: str
+) -> str:
     """Return the new ``updated`` of an edited post: the feed's date if it moved."""
     if entry_updated and (stored_updated is None or entry_updated > stored_updated):
         return entry_updated

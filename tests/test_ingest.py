@@ -20,7 +20,9 @@ from kb.ingest import ingest_lock, ingest_paths, plan_replay
 def scoring_link(link: str) -> str:
     """Canonicalise a link the way the search-quality set does: no query at all."""
     parts = urlsplit(link.strip())
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+    return urlunsplit(
+        (parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", "")
+    )
 
 
 def corpus_links(corpus_dir: Path) -> set[str]:
@@ -38,7 +40,9 @@ def run_kb(*args: str):
 
 def test_corpus_posts_are_stored_once(corpus_db_path):
     db = open_db(corpus_db_path)
-    total, distinct = db.execute("select count(*), count(distinct url) from posts").fetchone()
+    total, distinct = db.execute(
+        "select count(*), count(distinct url) from posts"
+    ).fetchone()
     assert total == distinct
     assert db.execute("select count(*) from posts where url is null").fetchone()[0] == 0
 
@@ -69,7 +73,9 @@ def test_rerun_adds_and_changes_nothing(corpus_db_path, corpus_dir, tmp_path):
     db_path = tmp_path / "copy.db"
     shutil.copy(corpus_db_path, db_path)
     before = open_db(db_path).execute("select count(*), max(id) from posts").fetchone()
-    result = run_kb("ingest", "--from", str(corpus_dir), "--db", str(db_path), "--no-embed")
+    result = run_kb(
+        "ingest", "--from", str(corpus_dir), "--db", str(db_path), "--no-embed"
+    )
     assert result.exit_code == 0, result.output
     assert "0 new, 0 updated" in result.output
     assert "nothing changed" in result.output
@@ -87,7 +93,9 @@ def test_tricky_files_ingest_or_name_the_error(tricky_dir, fresh_db):
             assert ": " in outcome.error.replace(outcome.source, "", 1)
         else:
             assert outcome.new > 0 or outcome.unchanged > 0, outcome.line()
-    failed = {Path(outcome.source).name for outcome in report.outcomes if outcome.failed}
+    failed = {
+        Path(outcome.source).name for outcome in report.outcomes if outcome.failed
+    }
     assert failed == {"rss_2.0_invalid_1.xml", "unrecognized.rss"}
     assert report.exit_code == 1
 
@@ -95,13 +103,17 @@ def test_tricky_files_ingest_or_name_the_error(tricky_dir, fresh_db):
 def test_html_page_fails_with_exit_status_2(tmp_path, db_file):
     page = tmp_path / "page.xml"
     page.write_text("<html><body>Moved</body></html>")
-    result = CliRunner().invoke(cli, ["ingest", "--from", str(page), "--db", str(db_file), "--no-embed"])
+    result = CliRunner().invoke(
+        cli, ["ingest", "--from", str(page), "--db", str(db_file), "--no-embed"]
+    )
     assert result.exit_code == 2
     assert f"{page}: not a feed (it is an HTML page)" in result.output
 
 
 def test_missing_path_is_a_usage_error(db_file):
-    result = CliRunner().invoke(cli, ["ingest", "--from", "/nonexistent/feeds", "--db", str(db_file)])
+    result = CliRunner().invoke(
+        cli, ["ingest", "--from", "/nonexistent/feeds", "--db", str(db_file)]
+    )
     assert result.exit_code == 2
     assert "/nonexistent/feeds" in result.output
 
@@ -109,14 +121,18 @@ def test_missing_path_is_a_usage_error(db_file):
 def test_second_ingest_waits_for_the_lock(db_file, tricky_dir):
     with ingest_lock(db_file):
         result = CliRunner().invoke(
-            cli, ["ingest", "--from", str(tricky_dir), "--db", str(db_file), "--no-embed"]
+            cli,
+            ["ingest", "--from", str(tricky_dir), "--db", str(db_file), "--no-embed"],
         )
     assert result.exit_code == 1
     assert "Another kb ingest is running" in result.output
 
 
 def test_plan_replay_orders_nights_by_date(tmp_path):
-    for source, dates in {"b": ["2026-01-02", "2026-01-01"], "a": ["2026-01-02"]}.items():
+    for source, dates in {
+        "b": ["2026-01-02", "2026-01-01"],
+        "a": ["2026-01-02"],
+    }.items():
         (tmp_path / source).mkdir()
         for date in dates:
             (tmp_path / source / f"{date}.xml").write_text("<rss/>")
@@ -129,18 +145,40 @@ def test_plan_replay_orders_nights_by_date(tmp_path):
 @pytest.mark.slow
 def test_killed_ingest_leaves_no_duplicate_or_half_post(corpus_dir, tmp_path):
     db_path = tmp_path / "killed.db"
-    command = [sys.executable, "-m", "kb", "ingest", "--from", str(corpus_dir), "--db", str(db_path), "--no-embed", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "kb",
+        "ingest",
+        "--from",
+        str(corpus_dir),
+        "--db",
+        str(db_path),
+        "--no-embed",
+        "-q",
+    ]
     rng = random.Random(7)
     for _ in range(3):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(1.0, 6.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
     subprocess.run(command, check=False, timeout=600, env={**os.environ})
     db = open_db(db_path)
-    total, distinct = db.execute("select count(*), count(distinct url) from posts").fetchone()
+    total, distinct = db.execute(
+        "select count(*), count(distinct url) from posts"
+    ).fetchone()
     assert total == distinct
-    assert db.execute("select count(*) from posts where content_hash is null or title is null and url is null").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "select count(*) from posts where content_hash is null or title is null and url is null"
+        ).fetchone()[0]
+        == 0
+    )
     db.execute("insert into posts_fts(posts_fts) values('integrity-check')")
     assert db.execute("select count(*) from posts_fts").fetchone()[0] == total
-    assert total == len({scoring_link(row[0]) for row in db.execute("select url from posts")})
+    assert total == len(
+        {scoring_link(row[0]) for row in db.execute("select url from posts")}
+    )

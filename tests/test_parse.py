@@ -67,11 +67,16 @@ def test_sanitised_html_has_no_script():
 
 
 def test_sanitize_drops_event_handlers():
-    assert sanitize('<a href="https://x.test" onclick="steal()">x</a>').count("onclick") == 0
+    assert (
+        sanitize('<a href="https://x.test" onclick="steal()">x</a>').count("onclick")
+        == 0
+    )
 
 
 def test_html_to_text_keeps_paragraphs():
-    text = html_to_text("<p>One &amp; two</p><ul><li>a</li><li>b</li></ul><pre>x = 1</pre>")
+    text = html_to_text(
+        "<p>One &amp; two</p><ul><li>a</li><li>b</li></ul><pre>x = 1</pre>"
+    )
     assert text.splitlines() == ["One & two", "a", "b", "x = 1"]
 
 
@@ -103,7 +108,9 @@ def test_epoch_date_is_treated_as_missing():
 
 
 def test_xml_base_resolves_links(tricky_dir):
-    feed = parse_feed((tricky_dir / "feed-rs" / "atom_xml_base.xml").read_bytes(), name="base")
+    feed = parse_feed(
+        (tricky_dir / "feed-rs" / "atom_xml_base.xml").read_bytes(), name="base"
+    )
     assert feed.entries[0].url.startswith("https://")
 
 
