@@ -132,6 +132,9 @@ class FaultHandler(BaseHTTPRequestHandler):
 
 class QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the SYNs of a burst of
+    # concurrent clients, which then see connect timeouts that no route sent.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address):
         # Resets and closed pipes are what these routes are for; anything
