@@ -77,30 +77,45 @@ def ingest(db_path, sources, quiet, no_embed, model):
 
 
 class FeedPrinter:
-    """Print one line per feed, with a progress bar on stderr when it is a terminal."""
+    """Print one line per feed, or a progress bar on stderr when it is a terminal.
+
+    With a bar, the feed lines wait until the bar is done, so the two never
+    share a screen line.
+    """
 
     def __init__(self, *, quiet: bool, show_bar: bool):
         self.quiet = quiet
         self.show_bar = show_bar
         self.bar = None
+        self.held_lines: list[str] = []
 
     def start(self, total: int) -> None:
         if self.show_bar and total:
-            self.bar = click.progressbar(length=total, label="Feeds", file=sys.stderr)
+            self.bar = click.progressbar(
+                length=total,
+                label="Feeds",
+                file=sys.stderr,
+                item_show_func=lambda name: name,
+            )
             self.bar.__enter__()
 
     def feed(self, outcome: FeedOutcome) -> None:
         if outcome.failed:
             click.echo(outcome.line(), err=True)
+        elif self.bar is not None:
+            self.held_lines.append(outcome.line())
         elif not self.quiet:
             click.echo(outcome.line())
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(1, outcome.name)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+        for line in self.held_lines:
+            click.echo(line)
+        self.held_lines = []
 
 
 @click.command()
@@ -147,7 +162,9 @@ def status(db_path, as_json):
         max(len(line[column]) for line in lines) for column in range(len(header) - 1)
     ]
     for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)]
+        cells = [
+            cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)
+        ]
         click.echo("  ".join(cells + [line[-1]]).rstrip())
 
 
