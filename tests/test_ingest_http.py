@@ -128,3 +128,17 @@ def test_redirect_updates_url_only_when_permanent(
     assert report.new == 1
     stored = next(fresh_db["feeds"].rows)["url"]
     assert stored == (target if moves else old)
+
+
+def test_ingest_from_url_replays_it_once(db_file, fault_server):
+    from click.testing import CliRunner
+
+    from kb.cli import cli
+
+    url = fault_server.feed("/saved.xml", SAMPLE_RSS)
+    arguments = ["ingest", "--from", url, "--db", str(db_file), "--no-embed"]
+    first = CliRunner().invoke(cli, arguments)
+    assert first.exit_code == 0, first.output
+    assert "1 new" in first.output
+    second = CliRunner().invoke(cli, arguments)
+    assert "nothing changed" in second.output
