@@ -24,9 +24,11 @@ OUTLIER_Z = 2.0
 MIN_TOPIC_SIZE = 3
 MAX_TOPICS = 60
 # Above this many rows, the number of topics is chosen on a fixed random
-# sample and only the final clustering sees every row.
+# sample and only the final clustering uses every row.
 SELECTION_SAMPLE = 8_000
 SILHOUETTE_SAMPLE = 4_000
+# How many numbers of clusters are tried, spaced geometrically.
+CANDIDATES = 10
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Clustering:
     centroids : ndarray of shape (k, dim)
         L2-normalised mean of each cluster's members.
     thresholds : ndarray of shape (k,)
-        The least similarity a new row needs to join each cluster.
+        The minimum similarity a new row needs to join each cluster.
     silhouette : float or None
         The silhouette of the chosen number of clusters, None when fewer
         than two clusters could be formed.
@@ -86,9 +88,9 @@ def candidate_counts(n: int, min_size: int, max_topics: int) -> list[int]:
     """
     upper = min(max_topics, n // min_size, max(2, round(1.5 * math.sqrt(n))))
     lower = min(upper, max(2, round(math.sqrt(n) / 4)))
-    if upper - lower <= 12:
+    if upper - lower < CANDIDATES:
         return list(range(lower, upper + 1))
-    steps = np.geomspace(lower, upper, num=12)
+    steps = np.geomspace(lower, upper, num=CANDIDATES)
     return sorted({int(round(step)) for step in steps})
 
 
@@ -280,7 +282,7 @@ def assign_to_centroids(
     centroids : ndarray of shape (k, dim)
         L2-normalised centroids.
     thresholds : ndarray of shape (k,)
-        The least similarity a row needs to join each centroid.
+        The minimum similarity a row needs to join each centroid.
 
     Returns
     -------

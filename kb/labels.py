@@ -61,7 +61,7 @@ def cluster_terms(
     -------
     list of length k
         For each cluster, up to ``n_terms`` (term, weight) pairs. Clusters
-        whose text holds no usable term get an empty list.
+        whose text contains no usable term get an empty list.
     """
     if k == 0:
         return []
@@ -80,7 +80,7 @@ def cluster_terms(
     try:
         counts = vectorizer.fit_transform(joined).toarray().astype(np.float64)
     except ValueError:
-        # CountVectorizer raises when no cluster holds a single usable term.
+        # CountVectorizer raises ValueError when no cluster contains a usable term.
         logger.info("no terms to label %d clusters", k)
         return [[] for _ in range(k)]
     weights = ctfidf(counts)

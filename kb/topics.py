@@ -23,14 +23,14 @@ from datetime import datetime, timezone
 import numpy as np
 import sqlite_utils
 
-from kb import clusters, labels
+from kb import clusters, config, labels
 from kb.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 # Refit when the number of posts has grown by this share since the last fit.
 REFIT_GROWTH = 0.2
-# Least cosine similarity between an old and a new centroid for the new
+# Minimum cosine similarity between an old and a new centroid for the new
 # cluster to keep the old topic's id. Refitting the same posts gives
 # centroids above 0.95; clusters that merged or split fall below 0.85.
 MATCH_MIN_SIMILARITY = 0.85
@@ -43,7 +43,7 @@ LABEL_TEXT_CHARS = 4_000
 
 @dataclass
 class TopicsReport:
-    """What one call of update_topics did."""
+    """Counts from one call of update_topics."""
 
     mode: str
     posts: int
@@ -58,6 +58,15 @@ class TopicsReport:
     @property
     def unassigned(self) -> int:
         return self.posts - self.assigned
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.mode}: {self.topics} topics, {self.assigned} of {self.posts} "
+            f"posts assigned ({self.unassigned_share:.0%} unassigned)"
+        )
+        if self.mode == "fit":
+            text += f", {self.matched} kept, {self.created} new, {self.retired} retired"
+        return f"{text}. {self.message}" if self.message else text
 
     @property
     def unassigned_share(self) -> float:
@@ -78,7 +87,8 @@ def update_topics(
 ) -> TopicsReport:
     """Cluster posts into topics, or add new posts to the existing topics.
 
-    Raises ModelError (from kb.embed) when the model cannot be loaded.
+    Raises ModelError when the stored vectors were made by another model
+    than ``model_name``, or that model cannot be loaded.
 
     Parameters
     ----------
@@ -89,13 +99,28 @@ def update_topics(
     refit
         Cluster all posts again even if the corpus has not grown enough.
     """
-    from kb import embed
+    from kb.vectors import load_post_vectors
 
-    embedder = embed.get_embedder(model_name)
-    post_ids, vectors = embed.load_post_vectors(db, model_name)
+    post_ids, post_vectors = load_post_vectors(db, model_name)
     return update_topics_from_vectors(
-        db, post_ids, vectors, model=embedder.name, refit=refit
+        db, post_ids, post_vectors, model=vector_model(db, model_name), refit=refit
     )
+
+
+def vector_model(db: sqlite_utils.Database, model_name: str | None) -> str:
+    """Return the name of the model whose post vectors are used.
+
+    Without ``model_name`` that is the model that made the stored vectors,
+    so the model is not loaded just to learn its name.
+    """
+    if model_name is None:
+        from kb.vectors import stored_model
+
+        stored, _ = stored_model(db)
+        return stored or config.model_name()
+    from kb.embed import get_embedder
+
+    return get_embedder(model_name).name
 
 
 def update_topics_from_vectors(
@@ -221,6 +246,8 @@ def fit_topics(
             f"Too few posts to find topics: {len(rows.ids)} posts with vectors, "
             f"need at least {clusters.min_posts()}. Existing topics are kept."
         )
+        if len(rows.ids) == 0:
+            report.message += " Run 'kb embed' to embed the stored posts."
         report.mode = "skipped"
         return report
     terms = labels.cluster_terms(rows.documents, clustering.labels, clustering.k)
@@ -230,6 +257,8 @@ def fit_topics(
         old_centroids, clustering.centroids, MATCH_MIN_SIMILARITY
     )
     old_by_new = {new: old_topics[old] for old, new, _ in pairs}
+    active = db.execute("SELECT count(*) FROM topics WHERE status = 'active'")
+    retired = active.fetchone()[0] - len(pairs)
     with db.conn:
         fit_id = (
             db["topic_fits"]
@@ -243,7 +272,7 @@ def fit_topics(
                     "silhouette": clustering.silhouette,
                     "matched": len(pairs),
                     "created": clustering.k - len(pairs),
-                    "retired": len(old_topics) - len(pairs),
+                    "retired": retired,
                 }
             )
             .last_pk
@@ -251,10 +280,13 @@ def fit_topics(
         topic_ids = store_clusters(
             db, clustering, terms, old_by_new, model, fit_id, now
         )
-        kept = {topic["id"] for topic in old_by_new.values()}
-        for topic in db.query("SELECT id FROM topics WHERE status = 'active'"):
-            if topic["id"] not in kept and topic["id"] not in topic_ids:
-                db["topics"].update(topic["id"], {"status": "retired", "size": 0})
+        # Every post is assigned again below, so an active topic that was not
+        # matched (including topics of another model) has no members left.
+        db.execute(
+            "UPDATE topics SET status = 'retired', size = 0 WHERE status = 'active' "
+            f"AND id NOT IN ({', '.join('?' for _ in topic_ids)})",
+            topic_ids,
+        )
         db.execute("DELETE FROM post_topics")
         write_assignments(
             db, rows.ids, clustering.labels, clustering.scores, topic_ids, now
@@ -263,7 +295,7 @@ def fit_topics(
     report.topics = clustering.k
     report.matched = len(pairs)
     report.created = clustering.k - len(pairs)
-    report.retired = len(old_topics) - len(pairs)
+    report.retired = retired
     report.silhouette = clustering.silhouette
     return report
 
@@ -396,7 +428,7 @@ def refresh_topic_stats(db: sqlite_utils.Database, now: str) -> None:
 def list_topics(db: sqlite_utils.Database) -> list[dict]:
     """Return the active topics, largest first, with decoded JSON columns.
 
-    Each topic's ``representative_posts`` holds dicts of id, title and url.
+    Each topic's ``representative_posts`` is a list of dicts of id, title and url.
     """
     topics = []
     for row in db.query(
@@ -418,3 +450,43 @@ def list_topics(db: sqlite_utils.Database) -> list[dict]:
         topic["representative_posts"] = [titles[i] for i in post_ids if i in titles]
         topics.append(topic)
     return topics
+
+
+@dataclass
+class Overview:
+    """The topics and themes shown by ``kb topics``, with what was updated."""
+
+    topics: list[dict]
+    themes: list[dict]
+    posts: int
+    unassigned: int
+    updates: list[str]
+
+
+def refresh_overview(
+    db: sqlite_utils.Database,
+    *,
+    refit: bool = False,
+    themes_path: str | None = None,
+) -> Overview:
+    """Update what was asked for, or what is missing, and list topics and themes.
+
+    Topics are fitted when ``refit`` is set or none are stored yet; themes
+    are reassigned when ``themes_path`` is given or none are assigned yet.
+    Raises ConfigError for an invalid themes file.
+    """
+    from kb import themes
+
+    updates = []
+    if refit or db["topics"].count == 0:
+        updates.append(f"Topics: {update_topics(db, refit=refit)}")
+    if themes_path is not None or db["post_themes"].count == 0:
+        updates.append(f"Themes: {themes.assign_themes(db, themes_path)}")
+    posts = db.execute("SELECT count(*) FROM posts").fetchone()[0]
+    return Overview(
+        topics=list_topics(db),
+        themes=themes.list_themes(db),
+        posts=posts,
+        unassigned=posts - db["post_topics"].count,
+        updates=updates,
+    )
