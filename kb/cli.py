@@ -64,3 +64,8 @@ from kb.cli_ingest import ingest, status  # noqa: E402
 
 cli.add_command(ingest)
 cli.add_command(status)
+
+from kb.cli_search import embed, search  # noqa: E402
+
+cli.add_command(embed)
+cli.add_command(search)

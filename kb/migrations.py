@@ -210,3 +210,65 @@ def m003_topics_themes(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migration(2)
+def m002_vectors(db: sqlite_utils.Database) -> None:
+    """Create the vector store, its k-means clusters and the related-posts table."""
+    db.executescript(
+        """
+        CREATE TABLE post_embeddings (
+            post_id INTEGER PRIMARY KEY REFERENCES posts(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            text_hash TEXT NOT NULL,
+            chunks INTEGER NOT NULL,
+            embedded_at TEXT NOT NULL
+        );
+        -- One row per post vector (chunk IS NULL) and per chunk vector, as
+        -- little-endian float32 blobs. Ids are never reused, so a vec0 index
+        -- can catch up by inserting every id above the last one it saw.
+        CREATE TABLE vectors (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            post_id INTEGER NOT NULL REFERENCES posts(id) ON DELETE CASCADE,
+            chunk INTEGER,
+            model TEXT NOT NULL,
+            cluster INTEGER NOT NULL DEFAULT 0,
+            vector BLOB NOT NULL
+        );
+        CREATE INDEX vectors_post ON vectors (post_id);
+        CREATE INDEX vectors_cluster ON vectors (cluster);
+        CREATE TABLE vector_clusters (
+            id INTEGER PRIMARY KEY,
+            centroid BLOB NOT NULL
+        );
+        CREATE TABLE vector_deletions (id INTEGER PRIMARY KEY);
+        CREATE TABLE vector_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL DEFAULT 0,
+            clusters_version INTEGER NOT NULL DEFAULT 0,
+            trained_on INTEGER NOT NULL DEFAULT 0,
+            vec_dim INTEGER,
+            vec_synced_id INTEGER NOT NULL DEFAULT 0,
+            vec_clusters_version INTEGER
+        );
+        INSERT INTO vector_state (id) VALUES (1);
+        -- generation changes with every write, so a process that holds the
+        -- vectors in memory knows when to load them again.
+        CREATE TRIGGER vectors_inserted AFTER INSERT ON vectors BEGIN
+            UPDATE vector_state SET generation = generation + 1 WHERE id = 1;
+        END;
+        CREATE TRIGGER vectors_deleted AFTER DELETE ON vectors BEGIN
+            UPDATE vector_state SET generation = generation + 1 WHERE id = 1;
+            INSERT OR IGNORE INTO vector_deletions (id) VALUES (old.id);
+        END;
+        CREATE TABLE related_posts (
+            post_id INTEGER NOT NULL REFERENCES posts(id) ON DELETE CASCADE,
+            related_id INTEGER NOT NULL REFERENCES posts(id) ON DELETE CASCADE,
+            score REAL NOT NULL,
+            rank INTEGER NOT NULL,
+            PRIMARY KEY (post_id, rank)
+        );
+        CREATE INDEX related_posts_related ON related_posts (related_id);
+        """
+    )
