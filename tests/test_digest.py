@@ -522,3 +522,37 @@ def test_signal_uses_stored_embeddings(kafka_db):
 def test_signal_without_embeddings_uses_tfidf(kafka_db):
     digest = build_digest(kafka_db, "2026-04-16")
     assert "TF-IDF cosine similarity" in digest.signal_reason
+
+
+CORPUS_SNAPSHOTS = [
+    "cloudflare-blog-ai-tag/2026-05-28.xml",
+    "google-developers-ai/2026-05-01.xml",
+    "openai-research/2026-08-15.xml",
+    "snowflake-engineering/2026-04-29.xml",
+    "uber-engineering/2026-08-20.xml",
+]
+
+
+@pytest.mark.slow
+def test_digest_of_real_snapshots(corpus_dir, fresh_db):
+    from kb.ingest import ingest_paths
+
+    paths = [str(corpus_dir / snapshot) for snapshot in CORPUS_SNAPSHOTS]
+    ingest_paths(fresh_db, paths)
+    digest = build_digest(fresh_db, "2026-04-16")
+    dives = [digest.signal, *digest.deep_dives]
+    # Five companies posted that day, and Cloudflare posted four times.
+    assert len(digest.companies) == 5
+    assert [dive.post.company for dive in dives].count("Cloudflare") == 2
+    assert digest.more_count == digest.post_count - len(dives)
+    full_text = [dive for dive in dives if dive.post.company == "Cloudflare"]
+    for dive in full_text:
+        assert 3 <= len(dive.sentences) <= 4
+        assert len(" ".join(dive.sentences)) <= 750
+    for dive in dives:
+        assert dive.sentences or dive.note
+        for sentence in dive.sentences:
+            assert not is_boilerplate(sentence)
+            assert not looks_like_code(sentence)
+    html = render_html(digest)
+    assert html.count('<div class="post">') == len(dives)
