@@ -313,10 +313,17 @@ def nearest_posts(
     """
     if k <= 0 or (allowed is not None and not allowed):
         return []
-    probes = None if allowed is not None else probe_clusters(db, query)
-    if backend(db) == "sqlite-vec":
-        return nearest_with_vec(db, query, k, probes, allowed)
-    return nearest_with_numpy(db, query, k, probes, allowed)
+    search_with = (
+        nearest_with_vec if backend(db) == "sqlite-vec" else nearest_with_numpy
+    )
+    count = IVF_PROBES
+    while True:
+        probes = None if allowed is not None else probe_clusters(db, query, count)
+        results = search_with(db, query, k, probes, allowed)
+        # The nearest clusters may hold fewer than k posts: scan more of them.
+        if probes is None or len(results) >= k:
+            return results
+        count *= 4
 
 
 def nearest_with_numpy(db, query, k, probes, allowed) -> list[tuple[int, float]]:
@@ -334,18 +341,18 @@ def nearest_with_numpy(db, query, k, probes, allowed) -> list[tuple[int, float]]
 
 
 def best_per_post(post_ids: np.ndarray, scores: np.ndarray, k: int):
-    """Keep each post's best score and return the top ``k`` (post_id, score)."""
-    order = np.argsort(-scores, kind="stable")
-    results, seen = [], set()
-    for index in order:
-        post_id = int(post_ids[index])
-        if post_id in seen:
-            continue
-        seen.add(post_id)
-        results.append((post_id, float(scores[index])))
-        if len(results) == k:
-            break
-    return results
+    """Keep each post's best score and return the top ``k`` (post_id, score).
+
+    Ties break on the post id, after rounding the scores to 5 decimals, so
+    that numpy's dot products and sqlite-vec's cosine distances, which differ
+    in the last float bits, give the same order.
+    """
+    best: dict[int, float] = {}
+    for post_id, score in zip(post_ids.tolist(), scores.tolist(), strict=True):
+        if score > best.get(post_id, -np.inf):
+            best[post_id] = score
+    ranked = sorted(best.items(), key=lambda item: (-round(item[1], 5), item[0]))
+    return ranked[:k]
 
 
 def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
@@ -431,13 +438,13 @@ def sync_vec_index(db) -> None:
 # Inverted-file clusters ----------------------------------------------------
 
 
-def probe_clusters(db, query: np.ndarray) -> list[int] | None:
-    """Return the clusters to scan for ``query``, or None to scan them all."""
+def probe_clusters(db, query: np.ndarray, count: int) -> list[int] | None:
+    """Return the ``count`` clusters nearest to ``query``, or None to scan all."""
     centroids = cached_centroids(db)
-    if centroids is None:
+    if centroids is None or count >= len(centroids[0]):
         return None
     ids, matrix = centroids
-    nearest = np.argsort(-(matrix @ query))[:IVF_PROBES]
+    nearest = np.argsort(-(matrix @ query))[:count]
     # Cluster 0 holds vectors written since the centroids were trained.
     return [0, *(int(ids[i]) for i in nearest)]
 

@@ -60,9 +60,7 @@ def test_split_chunks_respects_size_and_overlap():
     assert " ".join(words[0]) == text[: len(chunks[0])]
 
 
-@pytest.mark.parametrize(
-    "max_tokens, overlap", [(0, 0), (4, 4), (4, -1)]
-)
+@pytest.mark.parametrize("max_tokens, overlap", [(0, 0), (4, 4), (4, -1)])
 def test_split_chunks_rejects_bad_sizes(max_tokens, overlap):
     with pytest.raises(ValueError, match="max_tokens"):
         split_chunks("a b c", whitespace_offsets, max_tokens, overlap)
