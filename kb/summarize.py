@@ -260,28 +260,41 @@ def looks_like_code(text: str) -> bool:
     return symbols / max(len(text), 1) > MAX_CODE_CHARACTER_SHARE
 
 
-def candidate_sentences(paragraphs: list[str], min_words: int = MIN_WORDS) -> list[str]:
-    """Return the sentences fit to quote: prose of a readable length."""
+def candidate_sentences(paragraphs: list[str], *, strict: bool = True) -> list[str]:
+    """Return the sentences fit to quote: prose of a readable length.
+
+    ``strict=False`` also accepts questions and sentences of MIN_WORDS_FALLBACK
+    words or more, for posts that have nothing else.
+    """
     candidates = []
     for paragraph in paragraphs:
         if looks_like_code(paragraph) and not paragraph.rstrip().endswith("."):
             continue
         for sentence in split_sentences(paragraph):
-            if is_quotable(sentence, min_words):
+            if is_quotable(sentence, strict=strict):
                 candidates.append(sentence)
     return candidates
 
 
-def is_quotable(sentence: str, min_words: int = MIN_WORDS) -> bool:
+def is_quotable(sentence: str, *, strict: bool = True) -> bool:
     """Whether a sentence is complete prose of a readable length, not boilerplate."""
     words = len(sentence.split())
+    min_words = MIN_WORDS if strict else MIN_WORDS_FALLBACK
     if not min_words <= words <= MAX_WORDS:
         return False
     # A feed summary cut off mid-sentence ends in an ellipsis or "[…]", and a
     # paragraph that leads into a list ends in a colon.
     if sentence.endswith(("…", "...", "[…]", "[...]")):
         return False
-    if not SENTENCE_FINAL.search(sentence):
+    final = SENTENCE_FINAL.search(sentence)
+    if final is None:
+        return False
+    # Questions are mostly rhetorical or interview prompts ("What is your
+    # favourite paper?"), which say little about the post on their own.
+    if strict and final.group().startswith("?"):
+        return False
+    # A sentence split out of a parenthesis: "(In fact, we turned it on."
+    if sentence.count("(") != sentence.count(")"):
         return False
     return not is_boilerplate(sentence) and not looks_like_code(sentence)
 
@@ -317,7 +330,7 @@ def summarize(
     # Short feed summaries ("Faster builds with remote caching.") fall below
     # the usual minimum length, so a post without longer sentences gets them.
     sentences = candidate_sentences(paragraphs) or candidate_sentences(
-        paragraphs, MIN_WORDS_FALLBACK
+        paragraphs, strict=False
     )
     if not sentences:
         return Summary(

@@ -19,6 +19,7 @@ from kb.errors import ConfigError
 from kb.summarize import (
     extract_paragraphs,
     is_boilerplate,
+    is_quotable,
     looks_like_code,
     split_sentences,
     summarize,
@@ -556,3 +557,25 @@ def test_digest_of_real_snapshots(corpus_dir, fresh_db):
             assert not looks_like_code(sentence)
     html = render_html(digest)
     assert html.count('<div class="post">') == len(dives)
+
+
+@pytest.mark.parametrize(
+    "sentence, strict, expected",
+    [
+        # Complete prose of a readable length.
+        ("We moved the queue to a new cluster last spring.", True, True),
+        # Too short for a summary unless nothing else is left.
+        ("Faster builds with caching.", True, False),
+        ("Faster builds with caching.", False, True),
+        # An interview prompt or rhetorical question.
+        ("What is your favourite computer systems paper?", True, False),
+        ("What is your favourite computer systems paper?", False, True),
+        # Cut off by the feed, or leading into a list.
+        ("The new scheduler starts jobs in seconds and …", True, False),
+        ("The rollout had three stages that we describe below:", True, False),
+        # Split out of a parenthesis.
+        ("(In fact, we turned it on before the standard was final.", True, False),
+    ],
+)
+def test_is_quotable(sentence, strict, expected):
+    assert is_quotable(sentence, strict=strict) is expected
