@@ -283,7 +283,7 @@ def fit_background(db: sqlite_utils.Database, end: str | Date) -> Background:
         # No posts yet, or only stop words: fall back to a one-word vocabulary.
         matrix = vectorizer.fit_transform(["post"])
     frequency = np.bincount(matrix.indices, minlength=len(vectorizer.vocabulary_))
-    return Background(vectorizer, frequency)
+    return Background(vectorizer, vectorizer.get_feature_names_out(), frequency)
 
 
 def post_vectors(

@@ -14,11 +14,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 class Background:
     """TF-IDF weights fitted on a background of posts.
 
-    ``document_frequency`` of shape (n_terms,) counts the background posts
-    that contain each term of ``vectorizer``'s vocabulary.
+    ``terms`` of shape (n_terms,) is the vocabulary of ``vectorizer`` in
+    column order, and ``document_frequency`` of the same shape counts the
+    background posts that contain each term.
     """
 
     vectorizer: TfidfVectorizer
+    terms: np.ndarray
     document_frequency: np.ndarray
 
 

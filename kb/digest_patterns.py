@@ -162,9 +162,8 @@ def term_patterns(
     posts: list[dict], refs: dict, background: Background
 ) -> list[Pattern]:
     """Return terms that rank among the top terms of posts from two companies."""
-    vectorizer = background.vectorizer
-    names = vectorizer.get_feature_names_out()
-    vectors = vectorizer.transform([post_document(post) for post in posts])
+    documents = [post_document(post) for post in posts]
+    vectors = background.vectorizer.transform(documents)
     excluded = company_words(posts)
     patterns: dict[str, Pattern] = {}
     weights: dict[str, float] = {}
@@ -173,7 +172,7 @@ def term_patterns(
         top = np.argsort(-vector.data, kind="stable")[:TERMS_PER_POST]
         for position in top:
             column = vector.indices[position]
-            term = str(names[column])
+            term = str(background.terms[column])
             frequency = background.document_frequency[column]
             if frequency < MIN_TERM_DOCUMENTS or not is_salient(term, excluded):
                 continue

@@ -341,8 +341,8 @@ def summarize(
     if len(sentences) <= MIN_SENTENCES:
         chosen = fit_length(sentences, list(range(len(sentences))), max_chars)
         return Summary([sentences[index] for index in chosen])
-    scores, vectors = score_sentences(title, sentences, vectorizer)
-    chosen = choose_sentences(sentences, scores, vectors, max_sentences, max_chars)
+    scores, similarity = score_sentences(title, sentences, vectorizer)
+    chosen = choose_sentences(sentences, scores, similarity, max_sentences, max_chars)
     return Summary([sentences[index] for index in sorted(chosen)])
 
 
@@ -351,31 +351,33 @@ def score_sentences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score sentences by centrality, title overlap and position.
 
-    Returns the scores of shape (n_sentences,) and the L2-normalised TF-IDF
-    vectors of shape (n_sentences, n_terms).
+    Returns the scores of shape (n_sentences,) and the cosine similarities
+    between sentences, of shape (n_sentences, n_sentences).
     """
+    count = len(sentences)
     if vectorizer is None:
         vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
         try:
             vectorizer.fit(sentences + [title])
         except ValueError:
             # Every word is a stop word ("It is what it is."): keep the order.
-            count = len(sentences)
             return np.linspace(1.0, 0.0, count), np.eye(count)
-    vectors = vectorizer.transform(sentences).toarray()
-    centroid = vectors.mean(axis=0)
+    # The vectors stay sparse: the background vocabulary has 10^5 terms.
+    vectors = vectorizer.transform(sentences)
+    centroid = np.asarray(vectors.mean(axis=0)).ravel()
     norm = np.linalg.norm(centroid)
-    centrality = vectors @ (centroid / norm) if norm else np.zeros(len(sentences))
-    title_vector = vectorizer.transform([title]).toarray()[0]
-    lead = 1.0 - np.arange(len(sentences)) / len(sentences)
-    scores = centrality + TITLE_WEIGHT * (vectors @ title_vector) + LEAD_WEIGHT * lead
-    return scores, vectors
+    centrality = vectors @ (centroid / norm) if norm else np.zeros(count)
+    title_vector = vectorizer.transform([title])
+    title_overlap = (vectors @ title_vector.T).toarray().ravel()
+    lead = 1.0 - np.arange(count) / count
+    scores = centrality + TITLE_WEIGHT * title_overlap + LEAD_WEIGHT * lead
+    return scores, (vectors @ vectors.T).toarray()
 
 
 def choose_sentences(
     sentences: list[str],
     scores: np.ndarray,
-    vectors: np.ndarray,
+    similarity: np.ndarray,
     max_sentences: int,
     max_chars: int,
 ) -> list[int]:
@@ -402,7 +404,7 @@ def choose_sentences(
         size = len(sentences[index]) + 1
         if chosen and length + size > max_chars:
             continue
-        if any(vectors[index] @ vectors[other] > MAX_OVERLAP for other in chosen):
+        if any(similarity[index, other] > MAX_OVERLAP for other in chosen):
             continue
         chosen.append(index)
         length += size
