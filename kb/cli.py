@@ -69,3 +69,7 @@ from kb.cli_search import embed, search  # noqa: E402
 
 cli.add_command(embed)
 cli.add_command(search)
+
+from kb.cli_serve import serve  # noqa: E402
+
+cli.add_command(serve)

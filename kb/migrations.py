@@ -272,3 +272,43 @@ def m002_vectors(db: sqlite_utils.Database) -> None:
         CREATE INDEX related_posts_related ON related_posts (related_id);
         """
     )
+
+
+@migration(4)
+def m004_posts_view(db: sqlite_utils.Database) -> None:
+    """Create posts_view: each post with its company, year, month, topic and themes.
+
+    Datasette facets on columns, so the view turns the joins an analyst would
+    write into plain columns. ``themes`` is a JSON array, for an array facet.
+    """
+    db.execute(
+        """
+        CREATE VIEW posts_view AS
+        SELECT
+            posts.id,
+            posts.title,
+            coalesce(
+                nullif(trim(feeds.company), ''),
+                nullif(trim(feeds.title), ''),
+                feeds.slug
+            ) AS company,
+            feeds.slug AS feed,
+            substr(posts.published, 1, 4) AS year,
+            substr(posts.published, 1, 7) AS month,
+            posts.published,
+            topics.label AS topic,
+            (
+                SELECT json_group_array(post_themes.theme)
+                FROM post_themes
+                WHERE post_themes.post_id = posts.id
+            ) AS themes,
+            posts.author,
+            posts.word_count,
+            posts.summary,
+            posts.url
+        FROM posts
+        JOIN feeds ON feeds.id = posts.feed_id
+        LEFT JOIN post_topics ON post_topics.post_id = posts.id
+        LEFT JOIN topics ON topics.id = post_topics.topic_id
+        """
+    )

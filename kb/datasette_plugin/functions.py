@@ -1,0 +1,232 @@
+"""SQL functions the kb plugin registers on every connection to a kb database.
+
+SQLite functions cannot return tables, so ``kb_search`` returns its ranked
+results as a JSON array that a query unpacks with ``json_each``::
+
+    select posts.title, json_extract(r.value, '$.snippet')
+    from json_each(kb_search('multi-AZ failover')) as r
+    join posts on posts.id = json_extract(r.value, '$.post_id')
+    order by r.key
+"""
+
+import datetime as dt
+import json
+import logging
+import re
+
+import markupsafe
+import numpy as np
+import sqlite_utils
+
+from kb import config
+from kb.datasette_plugin.utils import PLUGIN_NAME
+from kb.errors import KbError
+
+logger = logging.getLogger(__name__)
+
+SEARCH_MODES = ("hybrid", "keyword", "semantic")
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+# Longer queries are cut: they add nothing to a search and cost embedding time.
+MAX_QUERY_CHARS = 500
+
+
+def register(conn, datasette) -> None:
+    """Register kb's SQL functions on one SQLite connection."""
+    conn.create_function("kb_fts_query", 1, fts_query, deterministic=True)
+    conn.create_function("kb_html_escape", 1, html_escape, deterministic=True)
+    conn.create_function("kb_week_start", 1, week_start, deterministic=True)
+    conn.create_function("kb_embed", 1, lambda text: embed_blob(datasette, text))
+    conn.create_function(
+        "kb_search", -1, lambda *args: search_json(conn, datasette, *args)
+    )
+
+
+def model_name(datasette) -> str:
+    """Return the embedding model set for the plugin, else kb's default."""
+    plugin_config = datasette.plugin_config(PLUGIN_NAME) or {}
+    return config.model_name(plugin_config.get("model"))
+
+
+def load_embedder(datasette):
+    """Load the configured embedding model (once per process) and return it.
+
+    Raises ModelError when the model cannot be loaded.
+    """
+    from kb.embed import get_embedder
+
+    return get_embedder(model_name(datasette))
+
+
+def check_stored_model(conn, datasette) -> None:
+    """Raise ModelError when the stored vectors come from another model."""
+    from kb import vectors
+
+    vectors.check_model(read_only_db(conn), load_embedder(datasette).name)
+
+
+class ReadOnlyConnection:
+    """A SQLite connection seen without ``enable_load_extension``.
+
+    kb.vectors picks its sqlite-vec backend when a connection can load
+    extensions, and that backend brings its vec0 index up to date inside the
+    search, which is a write. Datasette's connections reject writes, so
+    searches through the plugin use the numpy backend, which only reads.
+    """
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __getattr__(self, name):
+        if name == "enable_load_extension":
+            raise AttributeError(name)
+        return getattr(self._conn, name)
+
+
+# kb.vectors caches the vector matrix per connection object, so each SQLite
+# connection keeps one wrapper. Keyed by id() because pysqlite3 connections
+# take no weak references; the entry holds the connection, so an id is never
+# reused while its entry exists. Datasette keeps its connections open for the
+# life of the process, so the dictionary stays small.
+_read_only_dbs: dict[int, sqlite_utils.Database] = {}
+
+
+def read_only_db(conn) -> sqlite_utils.Database:
+    """Return the sqlite-utils wrapper kb's search uses for a Datasette connection."""
+    db = _read_only_dbs.get(id(conn))
+    if db is None:
+        db = sqlite_utils.Database(
+            ReadOnlyConnection(conn), recursive_triggers=False, execute_plugins=False
+        )
+        _read_only_dbs[id(conn)] = db
+    return db
+
+
+def fts_query(text: str | None) -> str:
+    """Return a safe FTS5 query for any user text, or '' when it has no terms."""
+    from kb.search import fts_query as build_fts_query
+
+    return build_fts_query(str(text or "")[:MAX_QUERY_CHARS])
+
+
+def html_escape(text: str | None) -> str | None:
+    """Return ``text`` with HTML special characters escaped, NULL for NULL."""
+    if text is None:
+        return None
+    return str(markupsafe.escape(str(text)))
+
+
+def week_start(text: str | None) -> str | None:
+    """Return the Monday (YYYY-MM-DD) of the ISO week that ``text`` names.
+
+    Accepts a date such as ``2025-10-15`` or an ISO week such as ``2025-W42``.
+    Anything else gives NULL, so a query with a bad value finds no rows.
+    """
+    value = str(text or "").strip()
+    try:
+        if re.fullmatch(r"\d{4}-W\d{2}", value, flags=re.IGNORECASE):
+            year, week = int(value[:4]), int(value[-2:])
+            day = dt.date.fromisocalendar(year, week, 1)
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            day = dt.date.fromisoformat(value)
+            day -= dt.timedelta(days=day.weekday())
+        else:
+            return None
+    except ValueError:
+        return None
+    return day.isoformat()
+
+
+def embed_blob(datasette, text: str | None) -> bytes | None:
+    """Return the query embedding of ``text`` as a float32 blob of shape (dim,)."""
+    if text is None:
+        return None
+    vector = load_embedder(datasette).encode([str(text)[:MAX_QUERY_CHARS]])[0]
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def search_json(conn, datasette, *args) -> str:
+    """Run a kb search and return its ranked results as a JSON array.
+
+    SQL arguments, all optional after the first, with '' meaning "not set":
+    ``kb_search(q, mode, company, since, until, limit)``. Invalid values (an
+    unknown mode, a date that does not parse) give an empty array, so a saved
+    query shows its form and no rows instead of an error page.
+    """
+    names = ("q", "mode", "company", "since", "until", "limit")
+    texts = [str(arg).strip() if arg else "" for arg in args[: len(names)]]
+    # Trailing arguments left out of the call are "not set".
+    values = dict(zip(names, texts, strict=False))
+    request = parse_search_request(values)
+    if request is None:
+        return "[]"
+    try:
+        results = run_search(conn, datasette, **request)
+    except KbError as error:
+        logger.info("kb_search returned nothing for %r: %s", values.get("q"), error)
+        return "[]"
+    return json.dumps(results, ensure_ascii=False)
+
+
+def parse_search_request(values: dict) -> dict | None:
+    """Turn text arguments into search arguments, or None when one is invalid."""
+    query = values.get("q", "")[:MAX_QUERY_CHARS]
+    mode = (values.get("mode") or "hybrid").lower()
+    if not query or mode not in SEARCH_MODES:
+        return None
+    try:
+        since = parse_day(values.get("since"))
+        until = parse_day(values.get("until"))
+        limit = int(values.get("limit") or DEFAULT_LIMIT)
+    except ValueError:
+        return None
+    return {
+        "query": query,
+        "mode": mode,
+        "company": values.get("company") or None,
+        "since": since,
+        "until": until,
+        "limit": max(1, min(limit, MAX_LIMIT)),
+    }
+
+
+def parse_day(text: str | None) -> dt.date | None:
+    """Return the date of YYYY-MM-DD text, None for empty text.
+
+    Raises ValueError for any other text.
+    """
+    if not text:
+        return None
+    return dt.date.fromisoformat(text)
+
+
+def run_search(
+    conn, datasette, *, query, mode, company, since, until, limit, topic=None
+) -> list[dict]:
+    """Search kb on a Datasette connection and return plain dicts ready for JSON.
+
+    Raises SearchError or ModelError as kb.search.search does.
+    """
+    from kb.search import search
+
+    results = search(
+        read_only_db(conn),
+        query,
+        mode=mode,
+        limit=limit,
+        source=company,
+        since=since,
+        until=until,
+        topic=topic,
+        model_name=model_name(datasette),
+    )
+    return [
+        {
+            "post_id": result.post_id,
+            "score": result.score,
+            "keyword_rank": result.keyword_rank,
+            "semantic_rank": result.semantic_rank,
+            "snippet": result.snippet,
+        }
+        for result in results
+    ]
