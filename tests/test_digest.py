@@ -93,6 +93,20 @@ def add_theme(db, name: str, description: str, post_ids: list[int]) -> None:
         db["post_themes"].insert({"post_id": post_id, "theme": name, "score": 0.9})
 
 
+def add_topic(db, label: str, terms: list[str], post_ids: list[int]) -> None:
+    """Assign posts to a topic, creating the topic tables when they are missing."""
+    if not db["topics"].exists():
+        db["topics"].create({"id": int, "label": str, "terms": str}, pk="id")
+        db["post_topics"].create(
+            {"post_id": int, "topic_id": int, "score": float}, pk="post_id"
+        )
+    row = {"label": label, "terms": json.dumps(terms)}
+    topic_id = db["topics"].insert(fill_required(db["topics"], row)).last_pk
+    for post_id in post_ids:
+        link = {"post_id": post_id, "topic_id": topic_id, "score": 0.8}
+        db["post_topics"].insert(fill_required(db["post_topics"], link))
+
+
 @pytest.fixture
 def kafka_db(fresh_db):
     """Three companies on one day: two write about Kafka consumer lag."""
@@ -354,6 +368,21 @@ def test_patterns_from_shared_theme(kafka_db):
     )
     markdown = render_markdown(digest)
     assert "https://blog.example/1/taming-kafka-consumer-lag" in markdown
+
+
+def test_patterns_from_topics_and_themes(kafka_db):
+    ids = [row["id"] for row in kafka_db["posts"].rows_where(order_by="id")]
+    add_topic(kafka_db, "kafka lag", ["kafka", "consumer", "lag", "partition"], ids[:2])
+    add_theme(kafka_db, "Streaming", "Event streams and their consumers", ids[:2])
+    digest = build_digest(kafka_db, "2026-04-16")
+    kinds = {pattern.name: pattern.kind for pattern in digest.patterns}
+    assert kinds == {"Streaming": "theme", "kafka lag": "topic"}
+    topic = next(p for p in digest.patterns if p.kind == "topic")
+    assert topic.description == "kafka, consumer, lag, partition"
+    assert sorted(topic.companies) == ["Acme", "Globex"]
+    assert digest.patterns_source == (
+        "Patterns come from the themes and topics assigned to these posts."
+    )
 
 
 def test_patterns_fall_back_to_terms(kafka_db):
