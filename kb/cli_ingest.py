@@ -68,9 +68,7 @@ def ingest(db_path, sources, quiet, no_embed, model):
         if not quiet:
             click.echo(report.total_line())
         if not no_embed and report.outcomes:
-            for message in refresh_derived(
-                db, model_name=model, show_progress=show_bar
-            ):
+            for message in refresh_derived(db, model_name=model):
                 if not quiet:
                     click.echo(message)
     sys.exit(report.exit_code)

@@ -582,27 +582,33 @@ def refresh_derived(
     db: sqlite_utils.Database,
     *,
     model_name: str | None = None,
-    show_progress: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[str]:
     """Embed new and edited posts, then update topics and themes.
 
     Yields one message per step for the caller to print. The posts are already
-    committed, so a failure here loses nothing that was ingested.
+    committed, so a failure here (a missing model, say) loses nothing that was
+    ingested.
+
+    Parameters
+    ----------
+    model_name
+        The embedding model, as for kb.embed.get_embedder.
+    progress
+        Called with the number of posts embedded after each batch.
     """
     from kb.embed import embed_posts
+    from kb.themes import assign_themes
+    from kb.topics import update_topics
 
-    stats = embed_posts(db, model_name, progress=show_progress)
-    yield f"Embeddings: {stats}"
-    try:
-        from kb.topics import update_topics
-    except ImportError:
-        return
-    yield f"Topics: {update_topics(db)}"
-    try:
-        from kb.themes import assign_themes
-    except ImportError:
-        return
-    yield f"Themes: {assign_themes(db)}"
+    stats = embed_posts(db, model_name, progress=progress)
+    yield (
+        f"Embeddings ({stats.model}): {stats.posts_embedded} posts embedded "
+        f"in {stats.chunks_embedded} chunks, {stats.posts_unchanged} unchanged, "
+        f"{stats.posts_without_text} without text"
+    )
+    yield f"Topics: {update_topics(db, model_name)}"
+    yield f"Themes: {assign_themes(db, model_name=model_name)}"
 
 
 def is_url(value: str) -> bool:
