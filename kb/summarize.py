@@ -81,7 +81,9 @@ BOILERPLATE = re.compile(
     r"|\bsubscribe (to|for) (our|this)\b"
     r"|\bsubscribe to the (newsletter|blog|podcast|channel|mailing list)\b"
     r"|\bfollow (us|me)\b"
-    r"|\bfollow \S+ on (twitter|x|linkedin|mastodon|bluesky|facebook)\b"
+    r"|\bfollow\b.{0,40}\b(twitter|linkedin|mastodon|bluesky|facebook|youtube)\b"
+    r"|^(download|try|get started)\b.{0,80}\b(today|now)\b"
+    r"|^editor[’']?s note"
     r"|\bshare (this|on)\b"
     r"|opens in (a )?new window"
     r"|we('re| are) hiring|join (our|the) team|open (roles|positions)"
@@ -295,6 +297,9 @@ def is_quotable(sentence: str, *, strict: bool = True) -> bool:
         return False
     # A sentence split out of a parenthesis: "(In fact, we turned it on."
     if sentence.count("(") != sentence.count(")"):
+        return False
+    # A lowercase start is the tail of a sentence that markup cut in two.
+    if strict and sentence[0].islower():
         return False
     return not is_boilerplate(sentence) and not looks_like_code(sentence)
 

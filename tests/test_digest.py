@@ -196,6 +196,9 @@ def test_split_sentences(text, expected):
         "Jane Doe is a senior software engineer at Acme.",
         "Figure 2: Latency before and after the change.",
         "Share on Bluesky (Opens in new window)",
+        "Please follow our Community Twitter account for announcements.",
+        "Download GitHub Enterprise 2.11 to start using these features today.",
+        "Editor’s note: The Speed Read is a column about cloud computing.",
     ],
 )
 def test_boilerplate_detected(sentence):
@@ -604,6 +607,8 @@ def test_digest_of_real_snapshots(corpus_dir, fresh_db):
         ("The rollout had three stages that we describe below:", True, False),
         # Split out of a parenthesis.
         ("(In fact, we turned it on before the standard was final.", True, False),
+        # The tail of a sentence that markup cut in two.
+        ("of this episode and post it in your office.", True, False),
     ],
 )
 def test_is_quotable(sentence, strict, expected):
