@@ -105,6 +105,7 @@ class SentenceTransformerEmbedder(Embedder):
                 "KB_MODEL; nothing is downloaded."
             ) from error
         self.name = name
+        self.model_path = path
         self.dim = int(self.model.get_embedding_dimension())
         # max_seq_length counts the [CLS] and [SEP] tokens the model adds.
         self.max_tokens = int(self.model.max_seq_length) - 2

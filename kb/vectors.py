@@ -368,9 +368,10 @@ def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
             "(SELECT value FROM json_each(?)))"
         )
         params.append("[" + ",".join(str(int(p)) for p in allowed) + "]")
-    # A long post can fill many of the nearest vectors, so ask for more
-    # vectors than posts and widen until k distinct posts come back.
-    wanted = min(total, k * 4)
+    # A long post can fill several of the nearest vectors, so ask for more
+    # vectors than posts and widen until k distinct posts come back. vec0's
+    # cost grows with k, so start low.
+    wanted = min(total, k * 2)
     while True:
         rows = db.execute(
             f"WITH knn AS (SELECT rowid, distance FROM {VEC_TABLE} "
@@ -384,7 +385,7 @@ def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
         results = best_per_post(post_ids, scores, k)
         if len(results) >= k or len(rows) < wanted or wanted >= total:
             return results
-        wanted = min(total, wanted * 4, VEC_MAX_K)
+        wanted = min(total, wanted * 2, VEC_MAX_K)
         if wanted == VEC_MAX_K and len(rows) == VEC_MAX_K:
             return results
 
@@ -394,7 +395,11 @@ VEC_MAX_K = 4096
 
 
 def sync_vec_index(db) -> None:
-    """Bring the vec0 table in step with ``vectors``: rebuild it or apply changes."""
+    """Bring the vec0 table in step with ``vectors``: rebuild it or apply changes.
+
+    Writes only when ``vectors`` changed since the last sync, so searches on
+    an index that is up to date stay read-only.
+    """
     current = state(db)
     _, dim = stored_model(db)
     exists = VEC_TABLE in db.table_names()
@@ -403,6 +408,11 @@ def sync_vec_index(db) -> None:
         or current["vec_dim"] != dim
         or current["vec_clusters_version"] != current["clusters_version"]
     )
+    if not rebuild:
+        last = db.execute("SELECT max(id) FROM vectors").fetchone()[0] or 0
+        deleted = db.execute("SELECT 1 FROM vector_deletions LIMIT 1").fetchone()
+        if last <= current["vec_synced_id"] and deleted is None:
+            return
     with db.conn:
         if rebuild:
             if exists:
@@ -418,8 +428,9 @@ def sync_vec_index(db) -> None:
             synced = 0
         else:
             synced = current["vec_synced_id"]
-            deleted = "SELECT id FROM vector_deletions"
-            db.execute(f"DELETE FROM {VEC_TABLE} WHERE rowid IN ({deleted})")
+            # One statement per id: vec0 scans its whole table for rowid IN.
+            deleted = db.execute("SELECT id FROM vector_deletions").fetchall()
+            db.conn.executemany(f"DELETE FROM {VEC_TABLE} WHERE rowid = ?", deleted)
             db.execute("DELETE FROM vector_deletions")
         db.execute(
             f"INSERT INTO {VEC_TABLE} (rowid, cluster, embedding) "

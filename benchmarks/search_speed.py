@@ -1,0 +1,288 @@
+"""Measure kb embedding throughput, a no-change embed, and query latency.
+
+Usage::
+
+    python benchmarks/search_speed.py --db CORPUS.db [--scale 100000]
+        [--queries QUERIES.tsv] [--repeat 3] [--json]
+
+``--db`` is an ingested database whose posts are embedded with the default
+model (``kb embed``); it is copied, never changed. The script prints one
+Markdown report:
+
+1. throughput: the chunks of ``--sample-posts`` posts embedded by
+   ``kb.embed.embed_posts`` (chunking, encoding and storing) against a plain
+   ``SentenceTransformer.encode`` of the same chunk texts;
+2. the time of an ``embed_posts`` run when nothing changed;
+3. query latency p50/p95 per mode and vector backend, each query timed from
+   the text to the results, query embedding included, at the corpus size and
+   at ``--scale`` posts. The larger database repeats the corpus posts with a
+   serial number appended to each text and Gaussian noise (sigma 0.02)
+   added to each vector, which keeps the word statistics and the vector
+   neighbourhoods of real posts;
+4. peak RSS of the process.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_QUERIES = REPO.parent / "shared" / "eval" / "dev-queries.tsv"
+MODES = ("keyword", "semantic", "hybrid")
+NOISE_SIGMA = 0.02
+
+
+def copy_db(source: Path, target: Path):
+    """Copy a WAL-mode database with SQLite's backup API and open the copy."""
+    from kb.db import open_db
+    from kb.db import sqlite3 as sqlite
+
+    with sqlite.connect(str(source)) as src, sqlite.connect(str(target)) as dst:
+        src.backup(dst)
+    return open_db(target)
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+
+
+def measure_throughput(db_path: Path, scratch: Path, sample_posts: int) -> dict:
+    """Time embed_posts on a sample of posts against plain encode of its chunks."""
+    from sentence_transformers import SentenceTransformer
+
+    from kb.embed import embed_posts, get_embedder, post_text
+
+    embedder = get_embedder()
+    if not hasattr(embedder, "model_path"):
+        return {"skipped": f"{embedder.name} is not a sentence-transformers model"}
+    db = copy_db(db_path, scratch / "throughput.db")
+    keep = [row[0] for row in db.execute("SELECT id FROM posts ORDER BY id")]
+    keep = keep[:: max(1, len(keep) // sample_posts)][:sample_posts]
+    id_list = ",".join(map(str, keep))
+    db.execute(f"DELETE FROM post_embeddings WHERE post_id IN ({id_list})")
+    db.conn.commit()
+    texts = []
+    for row in db.execute(
+        f"SELECT title, content_text FROM posts WHERE id IN ({id_list})"
+    ):
+        texts.extend(embedder.chunk(post_text(row[0], row[1])))
+    plain = SentenceTransformer(embedder.model_path, device="cpu")
+    plain.encode(texts[:8])
+    embedder.encode(texts[:8])
+    started = time.perf_counter()
+    plain.encode(texts, batch_size=32, normalize_embeddings=True)
+    plain_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    stats = embed_posts(db)
+    kb_seconds = time.perf_counter() - started
+    db.close()
+    return {
+        "posts": stats.posts_embedded,
+        "chunks": len(texts),
+        "kb_chunks_per_s": round(len(texts) / kb_seconds, 1),
+        "plain_chunks_per_s": round(len(texts) / plain_seconds, 1),
+        "ratio": round(plain_seconds / kb_seconds, 3),
+    }
+
+
+def measure_noop_embed(db_path: Path, scratch: Path) -> dict:
+    from kb.embed import embed_posts
+
+    db = copy_db(db_path, scratch / "noop.db")
+    embed_posts(db)
+    started = time.perf_counter()
+    stats = embed_posts(db)
+    seconds = time.perf_counter() - started
+    db.close()
+    return {"posts_unchanged": stats.posts_unchanged, "seconds": round(seconds, 3)}
+
+
+def scale_up(db, target_posts: int, seed: int = 0) -> int:
+    """Add copies of the stored posts, with their vectors perturbed, up to a size.
+
+    Returns the number of posts added. Each copy gets its source's text with
+    " copy N" appended and each of its vectors plus N(0, NOISE_SIGMA) noise,
+    L2-normalised again.
+    """
+    from kb.vectors import pack, update_clusters
+
+    rng = np.random.default_rng(seed)
+    posts = db.execute(
+        "SELECT id, feed_id, title, published, content_text FROM posts "
+        "WHERE id IN (SELECT post_id FROM post_embeddings) ORDER BY id"
+    ).fetchall()
+    vectors_of: dict[int, list] = {}
+    for post_id, chunk, model, blob in db.execute(
+        "SELECT post_id, chunk, model, vector FROM vectors ORDER BY id"
+    ):
+        vectors_of.setdefault(post_id, []).append((chunk, model, blob))
+    existing = db.execute("SELECT count(*) FROM posts").fetchone()[0]
+    added = 0
+    with db.conn:
+        while existing + added < target_posts:
+            source = posts[added % len(posts)]
+            copy_id = add_copy(db, source, added)
+            rows = []
+            for chunk, model, blob in vectors_of[source[0]]:
+                vector = np.frombuffer(blob, dtype="<f4")
+                noisy = vector + rng.normal(0, NOISE_SIGMA, vector.shape)
+                noisy = (noisy / np.linalg.norm(noisy)).astype(np.float32)
+                rows.append((copy_id, chunk, model, pack(noisy)))
+            db.conn.executemany(
+                "INSERT INTO vectors (post_id, chunk, model, vector) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            db.execute(
+                "INSERT INTO post_embeddings SELECT ?, model, dim, text_hash, chunks, "
+                "embedded_at FROM post_embeddings WHERE post_id = ?",
+                [copy_id, source[0]],
+            )
+            added += 1
+    update_clusters(db)
+    return added
+
+
+def add_copy(db, source, number: int) -> int:
+    post_id, feed_id, title, published, text = source
+    cursor = db.execute(
+        "INSERT INTO posts (feed_id, url, link, fingerprint, title, published, "
+        "first_seen, content_text, content_hash, word_count) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            feed_id,
+            f"https://copies.example/{number}",
+            f"https://copies.example/{number}",
+            f"copy-{number}",
+            title,
+            published,
+            "2026-01-01T00:00:00+00:00",
+            f"{text or ''} copy {number}",
+            f"copy-{number}",
+            0,
+        ],
+    )
+    return cursor.lastrowid
+
+
+def measure_latency(db, queries: list[str], repeat: int) -> dict:
+    """Time every query in every mode and backend; return p50/p95 in ms."""
+    from kb.search import search
+
+    report = {}
+    for backend in ("sqlite-vec", "numpy"):
+        os.environ["KB_VECTORS"] = backend
+        for mode in MODES:
+            search(db, queries[0], mode=mode)
+            timings = []
+            for _ in range(repeat):
+                for query in queries:
+                    started = time.perf_counter()
+                    search(db, query, mode=mode)
+                    timings.append((time.perf_counter() - started) * 1000)
+            key = mode if mode == "keyword" else f"{mode} ({backend})"
+            report[key] = percentiles(timings)
+        os.environ.pop("KB_VECTORS", None)
+    return report
+
+
+def percentiles(timings: list[float]) -> dict:
+    ordered = sorted(timings)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(p95, 1),
+    }
+
+
+def read_queries(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [line.split("\t")[2] for line in lines if line.strip()]
+
+
+def report_markdown(report: dict) -> str:
+    out = [f"Machine: {report['machine']}", ""]
+    t = report["throughput"]
+    out.append(f"Throughput: {t['skipped']}.") if "skipped" in t else out.append(
+        f"Throughput on {t['chunks']} chunks of {t['posts']} posts: kb "
+        f"{t['kb_chunks_per_s']} chunks/s, plain encode {t['plain_chunks_per_s']} "
+        f"chunks/s, ratio {t['ratio']}."
+    )
+    n = report["noop_embed"]
+    out.append(
+        f"No-change embed of {n['posts_unchanged']} posts: {n['seconds']} s.",
+    )
+    out += [
+        "",
+        "| posts | vectors | mode | p50 ms | p95 ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for size in report["latency"]:
+        for mode, numbers in size["modes"].items():
+            out.append(
+                f"| {size['posts']} | {size['vectors']} | {mode} | "
+                f"{numbers['p50_ms']} | {numbers['p95_ms']} |"
+            )
+    out += ["", f"Peak RSS: {report['peak_rss_mb']} MB; total {report['seconds']} s."]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, required=True, help="embedded corpus DB")
+    parser.add_argument("--queries", type=Path, default=DEFAULT_QUERIES)
+    parser.add_argument("--scale", type=int, default=100_000, help="posts to scale to")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each query")
+    parser.add_argument("--sample-posts", type=int, default=100)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    queries = read_queries(args.queries)
+    report = {"machine": machine(), "latency": []}
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        report["throughput"] = measure_throughput(args.db, scratch, args.sample_posts)
+        report["noop_embed"] = measure_noop_embed(args.db, scratch)
+        db = copy_db(args.db, scratch / "scaled.db")
+        for target in (0, args.scale):
+            if target:
+                scale_up(db, target)
+            report["latency"].append(
+                {
+                    "posts": db.execute("SELECT count(*) FROM posts").fetchone()[0],
+                    "vectors": db.execute("SELECT count(*) FROM vectors").fetchone()[0],
+                    "modes": measure_latency(db, queries, args.repeat),
+                }
+            )
+        db.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report["peak_rss_mb"] = round(peak_kb / 1024)
+    report["seconds"] = round(time.perf_counter() - started)
+    print(json.dumps(report, indent=2) if args.json else report_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
