@@ -6,10 +6,13 @@ inside one transaction. Applied migrations are recorded in the
 migration that has shipped: append a new one.
 """
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import sqlite_utils
+from sqlite_utils.utils import sqlite3
 
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = []
 
@@ -33,27 +36,74 @@ def applied_migrations(db: sqlite_utils.Database) -> set[int]:
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply every pending migration in order and return their names."""
+    """Apply every pending migration in order and return their names.
+
+    Each migration and its ``kb_migrations`` row commit together, under a
+    write lock, so a process killed halfway leaves the migration unapplied,
+    and two processes opening a new database at once apply it only once.
+    """
     db.execute(
         "CREATE TABLE IF NOT EXISTS kb_migrations "
         "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    done = applied_migrations(db)
     names = []
     for number, name, function in MIGRATIONS:
-        if number in done:
+        if number in applied_migrations(db):
             continue
-        with db.conn:
-            function(db)
-            db["kb_migrations"].insert(
-                {
-                    "id": number,
-                    "name": name,
-                    "applied_at": datetime.now(timezone.utc).isoformat(),
-                }
+        with write_transaction(db):
+            # Another process may have applied it while this one waited.
+            if number in applied_migrations(db):
+                continue
+            with scripts_in_transaction(db):
+                function(db)
+            db.execute(
+                "INSERT INTO kb_migrations (id, name, applied_at) VALUES (?, ?, ?)",
+                [number, name, datetime.now(timezone.utc).isoformat()],
             )
         names.append(name)
     return names
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """Hold SQLite's write lock from the start, commit on success, else roll back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+
+
+@contextmanager
+def scripts_in_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """Make ``db.executescript`` run its statements inside the open transaction.
+
+    The sqlite3 module's executescript() commits first and then runs each
+    statement on its own, so a migration written with it (or with
+    sqlite-utils' enable_fts, which calls it) would be applied in pieces.
+    """
+    db.executescript = functools.partial(execute_statements, db)
+    try:
+        yield
+    finally:
+        del db.executescript
+
+
+def execute_statements(db: sqlite_utils.Database, script: str) -> None:
+    """Execute the statements of ``script`` one by one, without committing."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        # A ";" inside a string, a comment or a trigger body does not end
+        # the statement, and complete_statement() tells those cases apart.
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                db.execute(pending)
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        db.execute(pending)  # an unfinished statement: SQLite reports the error
 
 
 @migration(1)
