@@ -209,26 +209,28 @@ def allowed_posts(db, filters: Filters) -> set[int] | None:
     return {row[0] for row in db.execute(sql, filters.params)}
 
 
-def keyword_ranking(db, query: str, depth: int, filters: Filters) -> list[int]:
-    """Rank posts by bm25 over their title and text; return post ids."""
+def keyword_ranking(
+    db, query: str, depth: int, filters: Filters
+) -> list[tuple[int, float]]:
+    """Rank posts by bm25 over their title and text; return (post id, -bm25)."""
     match = fts_query(query)
     if not match:
         return []
     # "rank MATCH" lets FTS5 sort by its own rank column, about twice as fast
     # as ORDER BY bm25(...) in SQLite 3.51.
-    sql = "SELECT rowid FROM posts_fts WHERE posts_fts MATCH ? AND rank MATCH ?"
+    sql = "SELECT rowid, -rank FROM posts_fts WHERE posts_fts MATCH ? AND rank MATCH ?"
     params = [match, BM25_RANK]
     if not filters.is_empty:
         sql += f" AND rowid IN ({FILTERED_IDS.format(where=filters.where)})"
         params += filters.params
     sql += " ORDER BY rank LIMIT ?"
-    return [row[0] for row in db.execute(sql, [*params, depth])]
+    return [(row[0], row[1]) for row in db.execute(sql, [*params, depth])]
 
 
 def semantic_ranking(
     db, query: str, depth: int, filters: Filters, model_name, *, required: bool
-) -> list[int]:
-    """Rank posts by the cosine similarity of their best vector; return post ids."""
+) -> list[tuple[int, float]]:
+    """Rank posts by their best vector's cosine similarity; return (post id, it)."""
     from kb.embed import get_embedder
 
     text = " ".join(query.replace('"', " ").split())
@@ -246,8 +248,7 @@ def semantic_ranking(
     vectors.check_model(db, embedder.name)
     query_vector = embedder.encode([text])[0]
     allowed = allowed_posts(db, filters)
-    nearest = vectors.nearest_posts(db, query_vector, depth, allowed=allowed)
-    return [post_id for post_id, _ in nearest]
+    return vectors.nearest_posts(db, query_vector, depth, allowed=allowed)
 
 
 def phrase_matches(db, query: str, filters: Filters) -> set[int]:
@@ -263,12 +264,20 @@ def phrase_matches(db, query: str, filters: Filters) -> set[int]:
 
 
 def fuse(
-    keyword: list[int], semantic: list[int], exact: set[int]
+    keyword: list[tuple[int, float]],
+    semantic: list[tuple[int, float]],
+    exact: set[int],
 ) -> list[tuple[int, float]]:
-    """Fuse two rankings with RRF; posts holding every quoted phrase come first."""
+    """Fuse two rankings with RRF; posts holding every quoted phrase come first.
+
+    When one arm is empty, the other's own scores are kept.
+    """
+    if not semantic or not keyword:
+        ranking = keyword or semantic
+        return sorted(ranking, key=lambda item: item[0] not in exact)
     scores: dict[int, float] = {}
     for weight, ranking in ((KEYWORD_WEIGHT, keyword), (SEMANTIC_WEIGHT, semantic)):
-        for rank, post_id in enumerate(ranking, start=1):
+        for rank, (post_id, _) in enumerate(ranking, start=1):
             scores[post_id] = scores.get(post_id, 0.0) + weight / (RRF_K + rank)
     return sorted(
         scores.items(), key=lambda item: (item[0] not in exact, -item[1], item[0])
@@ -289,8 +298,8 @@ def describe(db, query, fused, keyword, semantic) -> list[SearchResult]:
         ids,
     )
     posts = {row[0]: row for row in rows}
-    keyword_ranks = {post_id: rank for rank, post_id in enumerate(keyword, start=1)}
-    semantic_ranks = {post_id: rank for rank, post_id in enumerate(semantic, start=1)}
+    keyword_ranks = {post_id: rank for rank, (post_id, _) in enumerate(keyword, 1)}
+    semantic_ranks = {post_id: rank for rank, (post_id, _) in enumerate(semantic, 1)}
     results = []
     for post_id, score in fused:
         _, url, title, company, slug, published, text = posts[post_id]

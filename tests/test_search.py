@@ -14,7 +14,7 @@ from kb.cli import cli
 from kb.embed import embed_posts
 from kb.errors import SearchError
 from kb.query import fts_query, query_terms
-from kb.search import search
+from kb.search import KEYWORD_WEIGHT, RRF_K, SEMANTIC_WEIGHT, search
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,6 +126,13 @@ def test_keyword_snippet_is_highlighted_and_escaped(tmp_path, fake_embedder):
     assert "<b>" not in result.snippet
 
 
+def test_keyword_score_is_negated_bm25(db):
+    results = search(db, "postgres", mode="keyword")
+    assert all(result.score > 0 for result in results)
+    scores = [result.score for result in results]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_keyword_search_without_words_returns_nothing(db):
     assert search(db, " ** ", mode="keyword") == []
 
@@ -166,7 +173,9 @@ def test_hybrid_reports_both_ranks(db):
     assert top.title == "Flaky tests and where they come from"
     assert top.keyword_rank == 1
     assert top.semantic_rank == 1
-    assert top.score == pytest.approx(2 / 61, abs=1e-6)
+    assert top.score == pytest.approx(
+        KEYWORD_WEIGHT / (RRF_K + 1) + SEMANTIC_WEIGHT / (RRF_K + 1), abs=1e-6
+    )
 
 
 def test_hybrid_puts_quoted_phrase_first(db):
