@@ -6,6 +6,7 @@ import logging
 import click
 
 from kb import config
+from kb.db import SQLITE_ERRORS, database_error
 from kb.errors import KbError
 
 
@@ -24,7 +25,7 @@ def db_option(function):
 
 
 def reports_errors(function):
-    """Turn a KbError raised by the library into a click error (exit 1)."""
+    """Turn a KbError, or a SQLite error the library let through, into exit 1."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -32,6 +33,11 @@ def reports_errors(function):
             return function(*args, **kwargs)
         except KbError as error:
             raise click.ClickException(str(error)) from error
+        except SQLITE_ERRORS as error:
+            # A write that fails deep in a library step, such as embedding on
+            # a full disk, still gets a message that names the file.
+            path = config.db_path(kwargs.get("db_path"))
+            raise click.ClickException(str(database_error(path, error))) from error
 
     return wrapper
 

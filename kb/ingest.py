@@ -25,7 +25,7 @@ import sqlite_utils
 
 from kb import feeds as feed_sources
 from kb.db import SQLITE_ERRORS, database_error
-from kb.errors import ConfigError, FeedError, IngestLocked
+from kb.errors import ConfigError, DatabaseError, FeedError, IngestLocked
 from kb.parse import ParsedFeed, parse_feed
 from kb.store import StoreCounts, store_entries
 
@@ -134,8 +134,16 @@ def ingest_lock(db_path: str | os.PathLike) -> Iterator[None]:
     when the process dies, so a killed ingest never leaves a stale lock.
     """
     lock_path = Path(f"{db_path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise DatabaseError(
+            f"Cannot create the lock file {lock_path}: {error.strerror}\n"
+            "Check the permissions of its folder, where kb also writes the "
+            "database and its -wal and -shm files."
+        ) from error
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,15 +1,17 @@
 """The database survives kills, a full disk and read-only files.
 
 ``kb ingest`` is killed with SIGKILL at seeded random moments over a copy of
-part of the corpus; after a final rerun the posts must equal those of a clean
+part of the corpus. After a final rerun the posts must equal those of a clean
 ingest, with the FTS index and the vectors in step. A full disk and a
 read-only file or folder must end the command with exit status 1 and a
 message that names the file and the reason, and leave earlier posts intact.
 """
 
+import ctypes
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -324,3 +326,210 @@ def test_kill_inside_migration_recovers(tmp_path):
     assert applied == [number for number, _, _ in MIGRATIONS]
     assert "posts_fts" in db.table_names()
     db.close()
+
+
+# -- full disk and read-only files ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_db(tmp_path_factory) -> Path:
+    """A database of one source, to copy before a test makes writing fail."""
+    from kb.ingest import ingest_paths
+
+    path = tmp_path_factory.mktemp("base") / "kb.db"
+    db = open_db(path)
+    ingest_paths(db, [str(shared_path("corpus", "feeds", "jvns"))])
+    db.close()
+    return path
+
+
+@pytest.fixture
+def db_copy(base_db, tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(base_db, folder / "kb.db")
+    return folder / "kb.db"
+
+
+def more_feeds() -> str:
+    return str(shared_path("corpus", "feeds", "khan-academy-engineering"))
+
+
+def without_file_overrides() -> None:
+    """Drop root's right to ignore file permissions, in a child before exec.
+
+    As root, chmod 444 stops nothing; removing CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH from the bounding set makes the exec'd program obey
+    file modes like any other user.
+    """
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@pytest.fixture(scope="module")
+def permissions_enforced(tmp_path_factory) -> None:
+    """Skip unless a child process can be made to obey file permissions."""
+    probe = tmp_path_factory.mktemp("probe") / "read-only.txt"
+    probe.write_text("x")
+    probe.chmod(0o444)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", f"open({str(probe)!r}, 'a')"],
+            preexec_fn=without_file_overrides,
+            capture_output=True,
+        )
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE as root: {error}")
+    if result.returncode == 0:
+        pytest.skip("file permissions are not enforced for this user")
+
+
+def run_kb(args: list[str], *, preexec_fn=None, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kb", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        preexec_fn=preexec_fn,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def file_size_limit(size: int):
+    """Return a pre-exec hook that caps the size of any file the child writes.
+
+    Python ignores SIGXFSZ, so a write past the cap fails with EFBIG, which
+    SQLite reports as a disk I/O error, as it does for a disk that is full.
+    """
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+def assert_intact(db_path: Path, before: dict[str, tuple]) -> None:
+    """Check the file is sound and still contains every post it had before."""
+    db = open_db(db_path)
+    try:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+        db.execute(
+            "insert into posts_fts(posts_fts, rank) values('integrity-check', 1)"
+        )
+        after = post_state(db)
+        assert {url: after.get(url) for url in before} == before
+    finally:
+        db.close()
+
+
+def assert_clean_failure(result, db_path: Path, reason: str) -> None:
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert str(db_path) in result.stderr
+    assert reason in result.stderr
+
+
+def read_state(db_path: Path) -> dict[str, tuple]:
+    db = open_db(db_path)
+    try:
+        return post_state(db)
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_full_disk_during_ingest(db_copy):
+    before = read_state(db_copy)
+    result = run_kb(
+        ["ingest", "--from", more_feeds(), "--no-embed", "--db", str(db_copy)],
+        preexec_fn=file_size_limit(db_copy.stat().st_size + 64 * 1024),
+    )
+    assert_clean_failure(result, db_copy, "disk I/O error")
+    assert "Free some disk space" in result.stderr
+    assert_intact(db_copy, before)
+    # With space again, a rerun stores what the failed run could not.
+    rerun = run_kb(
+        ["ingest", "--from", more_feeds(), "--no-embed", "--db", str(db_copy)]
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(read_state(db_copy)) > len(before)
+
+
+@pytest.mark.slow
+def test_full_disk_during_embedding(db_copy):
+    before = read_state(db_copy)
+    # The snapshot is already stored, so the run writes only its log rows
+    # before embedding. The vectors of about 20 long posts then need more
+    # room than 100 KB of write-ahead log.
+    jvns = str(shared_path("corpus", "feeds", "jvns"))
+    result = run_kb(
+        ["ingest", "--from", jvns, "--db", str(db_copy)],
+        preexec_fn=file_size_limit(100 * 1024),
+        KB_MODEL=FAKE_MODEL,
+    )
+    assert "Total: 1 feed, 0 failed" in result.stdout
+    assert "Embeddings:" not in result.stdout
+    assert_clean_failure(result, db_copy, "disk I/O error")
+    assert_intact(db_copy, before)
+
+
+def test_page_limit_raises_database_error(db_copy):
+    from kb.errors import DatabaseError
+    from kb.ingest import ingest_paths
+
+    before = read_state(db_copy)
+    db = open_db(db_copy)
+    pages = db.execute("pragma page_count").fetchone()[0]
+    # SQLite reports a write past max_page_count as SQLITE_FULL, the error
+    # of a full disk, without filling one.
+    db.execute(f"pragma max_page_count = {pages + 1}")
+    with pytest.raises(DatabaseError, match="full") as raised:
+        ingest_paths(db, [more_feeds()])
+    db.close()
+    assert str(db_copy) in str(raised.value)
+    assert_intact(db_copy, before)
+
+
+@pytest.mark.slow
+def test_read_only_file_rejected(db_copy, permissions_enforced):
+    before = read_state(db_copy)
+    db_copy.chmod(0o444)
+    result = run_kb(
+        ["ingest", "--from", more_feeds(), "--no-embed", "--db", str(db_copy)],
+        preexec_fn=without_file_overrides,
+    )
+    db_copy.chmod(0o644)
+    assert_clean_failure(result, db_copy, "readonly database")
+    assert "Check the permissions" in result.stderr
+    assert_intact(db_copy, before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "lock_file, reason",
+    [
+        # A folder made read-only before the first ingest: no lock file yet.
+        (False, "Permission denied"),
+        # A folder made read-only later: the lock opens, SQLite cannot write.
+        (True, "readonly database"),
+    ],
+)
+def test_read_only_folder_rejected(db_copy, permissions_enforced, lock_file, reason):
+    before = read_state(db_copy)
+    if lock_file:
+        Path(f"{db_copy}.lock").touch()
+    db_copy.parent.chmod(0o555)
+    try:
+        result = run_kb(
+            ["ingest", "--from", more_feeds(), "--no-embed", "--db", str(db_copy)],
+            preexec_fn=without_file_overrides,
+        )
+    finally:
+        db_copy.parent.chmod(0o755)
+    assert_clean_failure(result, db_copy, reason)
+    assert "Check the permissions" in result.stderr
+    assert_intact(db_copy, before)
