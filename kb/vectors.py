@@ -185,17 +185,16 @@ def replace_post(
 
 
 def delete_posts(db, post_ids: list[int]) -> int:
-    """Delete the vectors and related rows of ``post_ids``; return how many."""
+    """Delete the vectors and related-post list of ``post_ids``; return how many."""
     if not post_ids:
         return 0
     with db.conn:
         for post_id in post_ids:
             db.execute("DELETE FROM vectors WHERE post_id = ?", [post_id])
             db.execute("DELETE FROM post_embeddings WHERE post_id = ?", [post_id])
-            db.execute(
-                "DELETE FROM related_posts WHERE post_id = ? OR related_id = ?",
-                [post_id, post_id],
-            )
+            # Lists that name this post are rebuilt by refresh_related, which
+            # finds them through these rows, so only the post's own list goes.
+            db.execute("DELETE FROM related_posts WHERE post_id = ?", [post_id])
     return len(post_ids)
 
 
@@ -261,14 +260,24 @@ class VectorMatrix:
     token: tuple
 
 
-_matrices: dict[tuple, VectorMatrix] = {}
+_matrices: dict[str, VectorMatrix] = {}
+
+
+def cache_key(db) -> str:
+    """Name the database for the in-memory caches: its file, else its connection.
+
+    Keying on the file lets every connection of a process, such as the
+    threads of a Datasette server, share one copy of the vectors.
+    """
+    filename = db.execute("PRAGMA database_list").fetchone()[2]
+    return filename or f"memory:{id(db.conn)}"
 
 
 def cached_matrix(db) -> VectorMatrix:
     """Return all vectors as a matrix, reloading when the table has changed."""
     current = state(db)
     token = (current["generation"], current["clusters_version"])
-    key = (id(db.conn), db.execute("PRAGMA database_list").fetchone()[2])
+    key = cache_key(db)
     cached = _matrices.get(key)
     if cached is not None and cached.token == token:
         return cached
@@ -390,7 +399,7 @@ def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
             return results
 
 
-# sqlite-vec 0.1.x rejects KNN queries with k above 4096.
+# sqlite-vec 0.1.9 rejects KNN queries with k above 4096.
 VEC_MAX_K = 4096
 
 
@@ -460,12 +469,12 @@ def probe_clusters(db, query: np.ndarray, count: int) -> list[int] | None:
     return [0, *(int(ids[i]) for i in nearest)]
 
 
-_centroids: dict[tuple, tuple[int, tuple[np.ndarray, np.ndarray] | None]] = {}
+_centroids: dict[str, tuple[int, tuple[np.ndarray, np.ndarray] | None]] = {}
 
 
 def cached_centroids(db) -> tuple[np.ndarray, np.ndarray] | None:
     version = state(db)["clusters_version"]
-    key = (id(db.conn), db.execute("PRAGMA database_list").fetchone()[2])
+    key = cache_key(db)
     cached = _centroids.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]

@@ -118,6 +118,23 @@ def test_embed_posts_drops_vectors_when_text_goes(db):
     assert count == 0
 
 
+def test_related_posts_drop_removed_post(db):
+    embed_posts(db)
+    emptied = post_id_by_title(db, "Rust in the proxy")
+    db["posts"].update(emptied, {"title": "", "content_text": None})
+    embed_posts(db)
+    mentions = db.execute(
+        "SELECT count(*) FROM related_posts WHERE post_id = ? OR related_id = ?",
+        [emptied, emptied],
+    ).fetchone()[0]
+    assert mentions == 0
+    sizes = {
+        row[0]
+        for row in db.execute("SELECT count(*) FROM related_posts GROUP BY post_id")
+    }
+    assert sizes == {4}
+
+
 def test_embed_posts_reports_progress(db):
     seen = []
     embed_posts(db, progress=seen.append)

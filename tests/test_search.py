@@ -43,11 +43,11 @@ def titles(results):
         # Separators inside a word keep its tokens together as a phrase.
         ("cf-html rewriter", '"cf html" OR "rewriter"'),
         ("parse_json()", '"parse json"'),
-        # Punctuation-only words vanish; C++ keeps its letter.
+        # Punctuation-only words vanish, and C++ keeps its letter.
         ("C++ ** ((", '"C"'),
         # Brackets and commas end a word.
         ("f(x),g", '"f" OR "x" OR "g"'),
-        # A quoted phrase stays a phrase; an unbalanced quote is dropped.
+        # A quoted phrase stays a phrase, and an unbalanced quote is dropped.
         ('"logical replication" lag', '"logical replication" OR "lag"'),
         ('"unbalanced quote', '"unbalanced" OR "quote"'),
         # Stopwords go, unless nothing else is left.
@@ -179,7 +179,7 @@ def test_hybrid_reports_both_ranks(db):
 
 
 def test_hybrid_puts_quoted_phrase_first(db):
-    # "postgres stores" is only in the feature-flags post, though the
+    # Only the feature-flags post contains "flag rules", though the
     # replication post matches the other words better.
     results = search(db, 'postgres logical replication database "flag rules"')
     assert results[0].title == "Feature flags at scale"
