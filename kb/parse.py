@@ -52,6 +52,11 @@ TRACKING_PREFIXES = ("utm_", "pk_", "hsa_", "ns_", "wt_")
 # dates (an RSS item with <dc:date>0</dc:date> parses as 1970-01-01).
 EARLIEST_PLAUSIBLE_YEAR = 1991
 SUMMARY_CHARS = 600
+# An href or src whose value is not already absolute. The lookahead covers the
+# optional quote too, so a quoted absolute URL never matches by backtracking.
+RELATIVE_ATTRIBUTE = re.compile(
+    r"""\b(?:href|src)\s*=\s*(?!["']?(?:[a-zA-Z][a-zA-Z0-9+.-]*:|#))"""
+)
 DROPPED_ELEMENTS = (
     ".//script|.//style|.//noscript|.//template|.//svg|.//iframe|.//comment()"
 )
@@ -141,9 +146,15 @@ def parse_feed(
     # Links still relative after xml:base resolve against the channel link,
     # as readers do: <link>/en/news/10743874</link> in an RSS item.
     link_base = base_url or absolute(result.homepage) or absolute(result.self_url)
+    # feedparser already resolved links inside content against base_url.
+    content_base = None if base_url else link_base
     for entry in parsed.entries:
         try:
-            result.entries.append(parse_entry(entry, name=name, link_base=link_base))
+            result.entries.append(
+                parse_entry(
+                    entry, name=name, link_base=link_base, content_base=content_base
+                )
+            )
         except (TypeError, ValueError) as error:
             result.warnings.append(f"{name}: skipped an entry: {error}")
     if not result.entries and parsed.bozo:
@@ -153,17 +164,28 @@ def parse_feed(
     return result
 
 
-def parse_entry(entry, *, name: str, link_base: str | None = None) -> ParsedEntry:
+def parse_entry(
+    entry,
+    *,
+    name: str,
+    link_base: str | None = None,
+    content_base: str | None = None,
+) -> ParsedEntry:
     """Build a ParsedEntry from one feedparser entry."""
     link = entry_link(entry)
     if link and link_base and not absolute(link):
         link = urljoin(link_base, link)
     title = detail_text(entry, "title") or None
+    if link and not is_web_link(link):
+        # A javascript: link would run the feed's script wherever the post
+        # is linked: a digest, an Atom feed, a notebook.
+        logger.warning("%s: dropped the non-web link %r of %r", name, link, title)
+        link = None
     published = entry_date(entry, "published") or entry_date(entry, "created")
     updated = entry_date(entry, "updated")
     body_html = best_html(entry)
-    if body_html and link_base:
-        body_html = resolve_relative_links(body_html, link_base)
+    if body_html and content_base:
+        body_html = resolve_relative_links(body_html, content_base)
     content_html = sanitize(body_html) if body_html else None
     content_text = html_to_text(body_html) if body_html else ""
     summary_html = entry.get("summary") or ""
@@ -236,6 +258,17 @@ def entry_link(entry) -> str | None:
     return None
 
 
+def is_web_link(link: str) -> bool:
+    """Return True unless a browser would read ``link`` as a non-http(s) URL.
+
+    Browsers drop tabs and newlines anywhere in a URL and control characters
+    and spaces at its start, so "jav\tascript:alert(1)" is a javascript: URL.
+    Relative links are web links.
+    """
+    squeezed = "".join(char for char in link if char > " ")
+    return urlsplit(squeezed).scheme.lower() in ("", "http", "https")
+
+
 def absolute(url: str | None) -> str | None:
     """Return ``url`` when it is an absolute http(s) URL, else None."""
     if url and urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc:
@@ -282,7 +315,7 @@ def resolve_relative_links(html: str, base: str) -> str:
     feedparser already resolves them against xml:base or the document URL;
     this covers a saved file whose only base is the channel link.
     """
-    if not re.search(r"""(?:href|src)\s*=\s*["']?(?!https?:|mailto:|#|data:)""", html):
+    if not RELATIVE_ATTRIBUTE.search(html):
         return html
     soup = BeautifulSoup(html, "lxml")
     for attribute in ("href", "src"):

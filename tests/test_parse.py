@@ -147,3 +147,19 @@ def test_escaped_angle_brackets_stay_text(tricky_dir):
     name = "node-feedparser/title-with-angle-brackets.xml"
     feed = parse_feed((tricky_dir / name).read_bytes(), name=name)
     assert feed.entries[0].title == "RSS <<< Title >>>"
+
+
+def test_relative_links_in_content_resolve_without_base(tricky_dir):
+    name = "node-feedparser/rss-with-relative-html-urls-no-base.xml"
+    feed = parse_feed((tricky_dir / name).read_bytes(), name=name)
+    html = feed.entries[0].content_html
+    assert 'href="https://example.com/feed/post-1"' in html
+    assert 'src="https://example.com/images/post-1.png"' in html
+
+
+def test_absolute_links_in_content_are_left_alone():
+    rss = b"""<rss version="2.0"><channel><link>https://a.example/</link><item>
+    <link>https://a.example/p</link><description>&lt;a href="https://b.example/x"&gt;x&lt;/a&gt;</description>
+    </item></channel></rss>"""
+    html = parse_feed(rss, name="abs.xml").entries[0].content_html
+    assert 'href="https://b.example/x"' in html
