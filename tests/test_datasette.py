@@ -563,6 +563,11 @@ async def test_search_query_highlights_html(datasette):
     assert "<mark>failover</mark>" in response.text.lower()
 
 
+async def test_query_post_ids_link_to_post_page(datasette):
+    response = await datasette.client.get("/kb/similar_posts", params={"post_id": "1"})
+    assert '<a href="/-/kb/post/3">3</a>' in response.text
+
+
 async def test_similar_posts_query(datasette):
     rows = await query_rows(datasette, "similar_posts", post_id="1")
     assert [row["post_id"] for row in rows] == [3, 4, 2]

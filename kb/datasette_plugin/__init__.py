@@ -37,15 +37,20 @@ def startup(datasette):
             return
         for name in kb_databases:
             check_read_only_queries(datasette, name)
-        # Load the model now, so the first search does not wait for it, and
-        # check it against the stored vectors.
+        # Load the model and the vectors now, so the first search does not
+        # wait for them, and check the model against the stored vectors.
         try:
             for name in kb_databases:
                 await datasette.databases[name].execute_fn(
-                    lambda conn: functions.check_stored_model(conn, datasette)
+                    lambda conn: functions.warm_up(conn, datasette)
                 )
         except KbError as error:
             raise StartupError(str(error)) from error
+        logger.info(
+            "kb plugin ready on %s with model %s",
+            ", ".join(kb_databases),
+            functions.model_name(datasette),
+        )
 
     return check_and_load
 
@@ -73,9 +78,9 @@ def register_routes(datasette):
 
 @hookimpl
 def render_cell(value, column, table, database, datasette):
-    if table is not None or column != "snippet":
+    if table is not None or column not in ("snippet", "post_id"):
         return None
-    return pages.render_snippet_cell(datasette, database, value)
+    return pages.render_query_cell(datasette, database, column, value)
 
 
 @hookimpl

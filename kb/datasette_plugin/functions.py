@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
 
 import markupsafe
 import numpy as np
@@ -58,48 +59,63 @@ def load_embedder(datasette):
     return get_embedder(model_name(datasette))
 
 
-def check_stored_model(conn, datasette) -> None:
-    """Raise ModelError when the stored vectors come from another model."""
-    from kb import vectors
-
-    vectors.check_model(read_only_db(conn), load_embedder(datasette).name)
-
-
-class ReadOnlyConnection:
-    """A SQLite connection seen without ``enable_load_extension``.
+class ThreadConnection:
+    """The calling thread's Datasette connection, seen without extension loading.
 
     kb.vectors picks its sqlite-vec backend when a connection can load
     extensions, and that backend brings its vec0 index up to date inside the
     search, which is a write. Datasette's connections reject writes, so
-    searches through the plugin use the numpy backend, which only reads.
+    searches through the plugin use the numpy backend, which only reads. One
+    object serves every thread, so kb.vectors records that choice once.
     """
 
-    def __init__(self, conn):
-        self._conn = conn
+    def __init__(self):
+        self._local = threading.local()
+
+    def bind(self, conn) -> None:
+        """Make ``conn`` the connection this thread's calls go to."""
+        self._local.conn = conn
 
     def __getattr__(self, name):
         if name == "enable_load_extension":
             raise AttributeError(name)
-        return getattr(self._conn, name)
+        return getattr(self._local.conn, name)
 
 
-# kb.vectors caches the vector matrix per connection object, so each SQLite
-# connection keeps one wrapper. Keyed by id() because pysqlite3 connections
-# take no weak references; the entry holds the connection, so an id is never
-# reused while its entry exists. Datasette keeps its connections open for the
-# life of the process, so the dictionary stays small.
-_read_only_dbs: dict[int, sqlite_utils.Database] = {}
+_thread_connection = ThreadConnection()
+_read_only_db: sqlite_utils.Database | None = None
 
 
 def read_only_db(conn) -> sqlite_utils.Database:
-    """Return the sqlite-utils wrapper kb's search uses for a Datasette connection."""
-    db = _read_only_dbs.get(id(conn))
-    if db is None:
-        db = sqlite_utils.Database(
-            ReadOnlyConnection(conn), recursive_triggers=False, execute_plugins=False
+    """Return the sqlite-utils wrapper kb's search uses, bound to ``conn``.
+
+    ``conn`` must be a connection of the calling thread, as Datasette's
+    ``execute_fn`` and SQL functions provide.
+    """
+    global _read_only_db
+    _thread_connection.bind(conn)
+    if _read_only_db is None:
+        _read_only_db = sqlite_utils.Database(
+            _thread_connection, recursive_triggers=False, execute_plugins=False
         )
-        _read_only_dbs[id(conn)] = db
-    return db
+    return _read_only_db
+
+
+def warm_up(conn, datasette) -> None:
+    """Load the model and the stored vectors, so the first search is fast.
+
+    Raises ModelError when the stored vectors come from another model.
+    """
+    from kb import vectors
+    from kb.search import search
+
+    db = read_only_db(conn)
+    embedder = load_embedder(datasette)
+    vectors.check_model(db, embedder.name)
+    if vectors.stored_model(db)[0] is None:
+        logger.info("no post vectors yet: semantic search returns nothing")
+        return
+    search(db, "warm up", mode="semantic", limit=1, model_name=model_name(datasette))
 
 
 def fts_query(text: str | None) -> str:

@@ -3,6 +3,7 @@
 import logging
 import weakref
 
+import markupsafe
 from datasette.utils.asgi import NotFound, Response
 
 from kb.datasette_plugin import functions
@@ -304,13 +305,20 @@ async def render(datasette, request, template, context, status=200) -> Response:
     return Response.html(html, status=status)
 
 
-async def render_snippet_cell(datasette, database, value):
-    """Show the <mark> highlights of a ``snippet`` column on a kb database."""
-    if not isinstance(value, str) or "<mark>" not in value:
-        return None
+async def render_query_cell(datasette, database, column, value):
+    """Render a query result cell on a kb database, or return None for the default.
+
+    A ``snippet`` from kb_search keeps its <mark> highlights, and a ``post_id``
+    links to the post page.
+    """
     if database not in await kb_database_names(datasette):
         return None
-    return clean_snippet(value)
+    if column == "snippet" and isinstance(value, str) and "<mark>" in value:
+        return clean_snippet(value)
+    if column == "post_id" and isinstance(value, int):
+        url = datasette.urls.path(f"/-/kb/post/{value}")
+        return markupsafe.Markup(f'<a href="{url}">{value}</a>')
+    return None
 
 
 ROUTES = [

@@ -1,11 +1,7 @@
-"""Helpers for the kb Datasette plugin: finding the database, cleaning HTML, headers."""
-
-import logging
+"""Helpers for the kb Datasette plugin: HTML cleaning and security headers."""
 
 import markupsafe
 import nh3
-
-logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "kb"
 PAGE_PREFIX = "/-/kb/"
