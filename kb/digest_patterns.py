@@ -6,6 +6,7 @@ the top TF-IDF terms of posts from at least two companies. Only patterns that
 at least two companies touched in the window are kept.
 """
 
+import json
 import logging
 
 import numpy as np
@@ -24,6 +25,7 @@ TERMS_PER_POST = 15
 # crowd shared terms out of a post's top terms.
 MIN_TERM_DOCUMENTS = 2
 MAX_TERMS_PER_PATTERN = 3
+MAX_DESCRIBED_TERMS = 6
 # Words that are frequent in feed text but say nothing about the subject.
 GENERIC_TERMS = frozenset(
     """blog post posts article today new announced announcing introducing
@@ -68,6 +70,8 @@ def find_patterns(
             "come from salient terms that posts share."
         )
     patterns = rank_patterns(patterns)[:MAX_PATTERNS]
+    for pattern in patterns:
+        pattern.companies.sort()
     return patterns, patterns_paragraph(patterns, days), source
 
 
@@ -127,7 +131,7 @@ def group_patterns(rows, refs: dict, kind: str) -> list[Pattern]:
         if not name:
             continue
         pattern = groups.setdefault(
-            name, Pattern(str(name), kind, describe(description), [], [])
+            name, Pattern(str(name), kind, describe(description, str(name)), [], [])
         )
         ref = refs[post_id]
         if ref not in pattern.posts:
@@ -141,20 +145,24 @@ def group_patterns(rows, refs: dict, kind: str) -> list[Pattern]:
     ]
 
 
-def describe(value) -> str:
-    """Return a theme description or a topic's terms as one line of text."""
+def describe(value, name: str) -> str:
+    """Return a theme description or a topic's terms as one line of text.
+
+    A topic's label is made of its first terms ("kafka, consumer, lag"), so
+    the terms in ``name`` are left out of the description.
+    """
     if value is None:
         return ""
     if isinstance(value, str) and value.startswith("["):
-        # Topic terms may be stored as a JSON list: ["kafka", "stream", ...].
-        import json
-
+        # Topic terms are stored as a JSON list: ["kafka", "stream", ...].
         try:
             value = json.loads(value)
         except ValueError:
             return value
     if isinstance(value, list):
-        return ", ".join(str(term) for term in value[:6])
+        label = {term.strip() for term in name.split(",")}
+        terms = [str(term) for term in value if str(term) not in label]
+        return ", ".join(terms[:MAX_DESCRIBED_TERMS])
     return " ".join(str(value).split())
 
 
@@ -257,7 +265,9 @@ def patterns_paragraph(patterns: list[Pattern], days: int) -> str:
         )
     clauses = []
     for pattern in patterns:
-        label = f"“{pattern.name}”" if pattern.kind == "term" else pattern.name
+        # Themes are named by a person. Topic labels and terms are lists of
+        # words, which read better quoted.
+        label = pattern.name if pattern.kind == "theme" else f"“{pattern.name}”"
         posts = len(pattern.posts)
         clauses.append(
             f"{label} came up at {join_names(pattern.companies)} "

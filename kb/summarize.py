@@ -103,6 +103,14 @@ BOILERPLATE = re.compile(
     r"researcher|architect|director|designer|intern|lead|founder)\b",
     re.IGNORECASE,
 )
+# A sentence that points at a figure or table makes no sense without it:
+# "As shown in Figure 2 below, Ray is at the top of the stack."
+FIGURE_REFERENCE = re.compile(
+    r"\b(as )?shown (in|below|above)\b"
+    r"|\bsee (figure|fig\.|table|diagram)"
+    r"|\b(figure|fig\.|diagram|chart|table|screenshot|graph)s?( \d+)? (below|above)\b",
+    re.IGNORECASE,
+)
 # Characters that are rare in prose and common in code and shell commands.
 CODE_CHARACTERS = set("{}[]();=<>_$\\|`#*/")
 MAX_CODE_CHARACTER_SHARE = 0.08
@@ -300,6 +308,8 @@ def is_quotable(sentence: str, *, strict: bool = True) -> bool:
         return False
     # A lowercase start is the tail of a sentence that markup cut in two.
     if strict and sentence[0].islower():
+        return False
+    if FIGURE_REFERENCE.search(sentence):
         return False
     return not is_boilerplate(sentence) and not looks_like_code(sentence)
 

@@ -375,13 +375,16 @@ def test_patterns_from_shared_theme(kafka_db):
 
 def test_patterns_from_topics_and_themes(kafka_db):
     ids = [row["id"] for row in kafka_db["posts"].rows_where(order_by="id")]
-    add_topic(kafka_db, "kafka lag", ["kafka", "consumer", "lag", "partition"], ids[:2])
+    add_topic(
+        kafka_db, "kafka, lag", ["kafka", "consumer", "lag", "partition"], ids[:2]
+    )
     add_theme(kafka_db, "Streaming", "Event streams and their consumers", ids[:2])
     digest = build_digest(kafka_db, "2026-04-16")
     kinds = {pattern.name: pattern.kind for pattern in digest.patterns}
-    assert kinds == {"Streaming": "theme", "kafka lag": "topic"}
+    assert kinds == {"Streaming": "theme", "kafka, lag": "topic"}
     topic = next(p for p in digest.patterns if p.kind == "topic")
-    assert topic.description == "kafka, consumer, lag, partition"
+    # The label's own terms are not repeated in the description.
+    assert topic.description == "consumer, partition"
     assert sorted(topic.companies) == ["Acme", "Globex"]
     assert digest.patterns_source == (
         "Patterns come from the themes and topics assigned to these posts."
@@ -609,6 +612,11 @@ def test_digest_of_real_snapshots(corpus_dir, fresh_db):
         ("(In fact, we turned it on before the standard was final.", True, False),
         # The tail of a sentence that markup cut in two.
         ("of this episode and post it in your office.", True, False),
+        # Pointers to a figure that the summary does not show.
+        ("As shown in Figure 2 below, Ray is at the top of the stack.", True, False),
+        ("The chart below plots p99 latency for each region.", True, False),
+        # "Table" as furniture is prose.
+        ("We keep one table per tenant and shard it by region.", True, True),
     ],
 )
 def test_is_quotable(sentence, strict, expected):
