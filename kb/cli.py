@@ -79,3 +79,7 @@ cli.add_command(search)
 from kb.cli_serve import serve  # noqa: E402
 
 cli.add_command(serve)
+
+from kb.cli_topics import topics  # noqa: E402
+
+cli.add_command(topics)
