@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--model", help="embedding model (default: KB_MODEL or bundled)"
     )
+    parser.add_argument(
+        "--embed", action="store_true", help="embed changed posts of --db first"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON, not Markdown")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -110,8 +110,8 @@ def test_fts_query_never_raises_in_sqlite(text):
 def test_keyword_weights_title_above_body(tmp_path, fake_embedder):
     db = make_db(tmp_path / "kb.db", posts=[])
     feed = db["feeds"].get(1)["id"]
-    add_post(db, feed, "Notes", None, "Kubernetes kubernetes and more kubernetes.")
-    add_post(db, feed, "Kubernetes upgrades", None, "How we upgrade clusters.")
+    add_post(db, feed, "Notes", None, "We moved Kubernetes to new nodes this week.")
+    add_post(db, feed, "Kubernetes upgrades", None, "We moved to new nodes this week.")
     results = search(db, "kubernetes", mode="keyword")
     assert titles(results) == ["Kubernetes upgrades", "Notes"]
 
