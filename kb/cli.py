@@ -1,6 +1,7 @@
 """The kb command line: thin click commands over the library modules."""
 
 import functools
+import importlib
 import logging
 
 import click
@@ -42,9 +43,39 @@ def reports_errors(function):
     return wrapper
 
 
-@click.group()
+# Each command's module is imported only when that command runs, so a nightly
+# ``kb ingest`` does not pay for importing Datasette, scikit-learn or torch.
+COMMANDS = {
+    "ingest": "kb.cli_ingest:ingest",
+    "status": "kb.cli_ingest:status",
+    "feeds": "kb.cli_feeds:feeds",
+    "embed": "kb.cli_search:embed",
+    "search": "kb.cli_search:search",
+    "topics": "kb.cli_topics:topics",
+    "digest": "kb.cli_digest:digest",
+    "serve": "kb.cli_serve:serve",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module_name, attribute = COMMANDS[cmd_name].split(":")
+            module = importlib.import_module(module_name)
+            self.add_command(getattr(module, attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="kb")
-@click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug")
+@click.option(
+    "-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug"
+)
 def cli(verbose):
     """A searchable knowledge base over engineering blog feeds.
 
@@ -56,30 +87,3 @@ def cli(verbose):
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
-from kb.cli_feeds import feeds  # noqa: E402
-
-cli.add_command(feeds)
-
-from kb.cli_digest import digest  # noqa: E402
-
-cli.add_command(digest)
-
-from kb.cli_ingest import ingest, status  # noqa: E402
-
-cli.add_command(ingest)
-cli.add_command(status)
-
-from kb.cli_search import embed, search  # noqa: E402
-
-cli.add_command(embed)
-cli.add_command(search)
-
-from kb.cli_serve import serve  # noqa: E402
-
-cli.add_command(serve)
-
-from kb.cli_topics import topics  # noqa: E402
-
-cli.add_command(topics)
