@@ -7,7 +7,6 @@ read must be whole: each post has its FTS row and its content hash.
 """
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import socket
@@ -260,14 +259,6 @@ def test_new_database_opened_at_once(tmp_path):
         assert applied == [number for number, _, _ in MIGRATIONS]
 
 
-def sqlite_vec_loads() -> bool:
-    import sqlite_utils
-
-    from kb.vectors import load_sqlite_vec
-
-    return load_sqlite_vec(sqlite_utils.Database(memory=True).conn)
-
-
 def fetch_statuses(db_path: Path, paths: list[str]) -> dict[str, int]:
     from kb.serve import build_datasette, start
 
@@ -281,13 +272,6 @@ def fetch_statuses(db_path: Path, paths: list[str]) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    condition=sqlite_vec_loads(),
-    strict=True,
-    reason="a kb search that uses sqlite-vec adds the vec0 table vec_vectors to "
-    "the database file; Datasette's connections cannot load vec0, so from then "
-    "on / answers 500 and /kb 400 with 'no such module: vec0'",
-)
 def test_serve_after_cli_search(tmp_path):
     from serve_fixtures import build_kb
 
@@ -305,13 +289,6 @@ def test_serve_after_cli_search(tmp_path):
     assert fetch_statuses(path, paths) == {path: 200 for path in paths}
 
 
-@pytest.mark.xfail(
-    condition=importlib.util.find_spec("rich") is not None,
-    strict=True,
-    reason="Datasette 0.65.5 prints every exception, 404s included, with rich's "
-    "print_exception(show_locals=True) when rich is installed: about 0.5 s of "
-    "CPU on the event loop per 404, against 10 ms for a page",
-)
 def test_not_found_is_cheap(tmp_path):
     from serve_fixtures import build_kb
 

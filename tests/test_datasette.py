@@ -163,6 +163,28 @@ def test_serve_command_wrong_model_stops(kb_path):
     assert "hash:64" in result.output
 
 
+async def test_serves_file_with_vec0_index(tmp_path):
+    from kb import vectors
+    from kb.db import open_db
+    from kb.search import search
+
+    path = tmp_path / "kb.db"
+    build_kb(path)
+    db = open_db(path)
+    if not vectors.load_sqlite_vec(db.conn):
+        pytest.skip("this sqlite3 module cannot load sqlite-vec")
+    # A search on the command line builds the vec0 index inside the file.
+    search(db, "failover", model_name=MODEL)
+    assert "vec_vectors" in db.table_names()
+    db.close()
+    datasette = build_datasette(path, model=MODEL)
+    for page in ("/", "/kb", "/kb/posts.json", "/kb/vectors"):
+        response = await datasette.client.get(page)
+        assert response.status_code == 200, page
+    rows = await query_rows(datasette, "search", q="lab pipeline", mode="semantic")
+    assert rows[0]["title"] == "Our data pipeline for lab results"
+
+
 # Read-only -----------------------------------------------------------------
 
 

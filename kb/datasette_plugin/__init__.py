@@ -3,20 +3,30 @@
 Datasette finds this module through the ``datasette`` entry point, so both
 ``kb serve`` and a plain ``datasette data/kb.db -m metadata.yml`` load it.
 It only acts on databases that carry the kb schema (a ``kb_migrations``
-table), so other databases served next to them are left alone.
+table), so other databases served next to them are left alone. Importing it
+turns off Datasette's rich tracebacks for the whole process (see below).
 """
 
 import functools
 import logging
 
+import datasette.handle_exception as datasette_handle_exception
 from datasette import hookimpl
 from datasette.utils import StartupError
 
+from kb import vectors
 from kb.datasette_plugin import asgi, functions, pages
 from kb.datasette_plugin.utils import is_kb_connection
 from kb.errors import KbError
 
 logger = logging.getLogger(__name__)
+
+# Datasette 0.65.5's default handle_exception prints every exception, 404s
+# included, with rich's print_exception(show_locals=True) when rich can be
+# imported. That costs about half a second of CPU per 404, and a path that
+# matches no route gets a 500, because the call happens outside an except
+# block. Without rich it prints a plain traceback for 500s only.
+datasette_handle_exception.rich = None
 
 
 @hookimpl
@@ -26,7 +36,10 @@ def prepare_connection(conn, database, datasette):
     # Every connection Datasette opens to a kb database, its write connection
     # included, rejects writes: "attempt to write a readonly database".
     conn.execute("PRAGMA query_only = 1")
-    functions.register(conn, datasette)
+    # The vec0 table of kb.vectors is unreadable without the extension, and
+    # Datasette reads every table of the file for its pages.
+    vectors.load_sqlite_vec(conn)
+    functions.register(conn, datasette, datasette.databases[database].path)
 
 
 @hookimpl
@@ -41,8 +54,9 @@ def startup(datasette):
         # wait for them, and check the model against the stored vectors.
         try:
             for name in kb_databases:
+                path = datasette.databases[name].path
                 await datasette.databases[name].execute_fn(
-                    lambda conn: functions.warm_up(conn, datasette)
+                    lambda conn, path=path: functions.warm_up(path, datasette)
                 )
         except KbError as error:
             raise StartupError(str(error)) from error

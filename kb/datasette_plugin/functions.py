@@ -13,13 +13,13 @@ import datetime as dt
 import json
 import logging
 import re
-import threading
 
 import markupsafe
 import numpy as np
-import sqlite_utils
+from datasette.utils import sqlite_timelimit
 
 from kb import config
+from kb.datasette_plugin.connections import search_db
 from kb.datasette_plugin.utils import PLUGIN_NAME
 from kb.errors import KbError
 
@@ -32,14 +32,14 @@ MAX_LIMIT = 100
 MAX_QUERY_CHARS = 500
 
 
-def register(conn, datasette) -> None:
-    """Register kb's SQL functions on one SQLite connection."""
+def register(conn, datasette, path: str) -> None:
+    """Register kb's SQL functions on a connection to the kb database at ``path``."""
     conn.create_function("kb_fts_query", 1, fts_query, deterministic=True)
     conn.create_function("kb_html_escape", 1, html_escape, deterministic=True)
     conn.create_function("kb_week_start", 1, week_start, deterministic=True)
     conn.create_function("kb_embed", 1, lambda text: embed_blob(datasette, text))
     conn.create_function(
-        "kb_search", -1, lambda *args: search_json(conn, datasette, *args)
+        "kb_search", -1, lambda *args: search_json(path, datasette, *args)
     )
 
 
@@ -59,49 +59,7 @@ def load_embedder(datasette):
     return get_embedder(model_name(datasette))
 
 
-class ThreadConnection:
-    """The calling thread's Datasette connection, seen without extension loading.
-
-    kb.vectors picks its sqlite-vec backend when a connection can load
-    extensions, and that backend brings its vec0 index up to date inside the
-    search, which is a write. Datasette's connections reject writes, so
-    searches through the plugin use the numpy backend, which only reads. One
-    object serves every thread, so kb.vectors records that choice once.
-    """
-
-    def __init__(self):
-        self._local = threading.local()
-
-    def bind(self, conn) -> None:
-        """Make ``conn`` the connection this thread's calls go to."""
-        self._local.conn = conn
-
-    def __getattr__(self, name):
-        if name == "enable_load_extension":
-            raise AttributeError(name)
-        return getattr(self._local.conn, name)
-
-
-_thread_connection = ThreadConnection()
-_read_only_db: sqlite_utils.Database | None = None
-
-
-def read_only_db(conn) -> sqlite_utils.Database:
-    """Return the sqlite-utils wrapper kb's search uses, bound to ``conn``.
-
-    ``conn`` must be a connection of the calling thread, as Datasette's
-    ``execute_fn`` and SQL functions provide.
-    """
-    global _read_only_db
-    _thread_connection.bind(conn)
-    if _read_only_db is None:
-        _read_only_db = sqlite_utils.Database(
-            _thread_connection, recursive_triggers=False, execute_plugins=False
-        )
-    return _read_only_db
-
-
-def warm_up(conn, datasette) -> None:
+def warm_up(path: str, datasette) -> None:
     """Load the model and the stored vectors, so the first search is fast.
 
     Raises ModelError when the stored vectors come from another model.
@@ -109,7 +67,7 @@ def warm_up(conn, datasette) -> None:
     from kb import vectors
     from kb.search import search
 
-    db = read_only_db(conn)
+    db = search_db(path)
     embedder = load_embedder(datasette)
     vectors.check_model(db, embedder.name)
     if vectors.stored_model(db)[0] is None:
@@ -161,13 +119,14 @@ def embed_blob(datasette, text: str | None) -> bytes | None:
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
-def search_json(conn, datasette, *args) -> str:
+def search_json(path: str, datasette, *args) -> str:
     """Run a kb search and return its ranked results as a JSON array.
 
     SQL arguments, all optional after the first, with '' meaning "not set":
     ``kb_search(q, mode, company, since, until, limit)``. Invalid values (an
     unknown mode, a date that does not parse) give an empty array, so a saved
-    query shows its form and no rows instead of an error page.
+    query shows its form and no rows instead of an error page. The search gets
+    Datasette's SQL time limit of its own.
     """
     names = ("q", "mode", "company", "since", "until", "limit")
     texts = [str(arg).strip() if arg else "" for arg in args[: len(names)]]
@@ -176,8 +135,10 @@ def search_json(conn, datasette, *args) -> str:
     request = parse_search_request(values)
     if request is None:
         return "[]"
+    time_limit_ms = datasette.setting("sql_time_limit_ms")
     try:
-        results = run_search(conn, datasette, **request)
+        with sqlite_timelimit(search_db(path).conn, time_limit_ms):
+            results = run_search(path, datasette, **request)
     except KbError as error:
         logger.info("kb_search returned nothing for %r: %s", values.get("q"), error)
         return "[]"
@@ -217,16 +178,16 @@ def parse_day(text: str | None) -> dt.date | None:
 
 
 def run_search(
-    conn, datasette, *, query, mode, company, since, until, limit, topic=None
+    path: str, datasette, *, query, mode, company, since, until, limit, topic=None
 ) -> list[dict]:
-    """Search kb on a Datasette connection and return plain dicts ready for JSON.
+    """Search the kb database at ``path`` and return plain dicts ready for JSON.
 
     Raises SearchError or ModelError as kb.search.search does.
     """
     from kb.search import search
 
     results = search(
-        read_only_db(conn),
+        search_db(path),
         query,
         mode=mode,
         limit=limit,

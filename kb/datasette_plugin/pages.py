@@ -7,6 +7,7 @@ import markupsafe
 from datasette.utils.asgi import NotFound, Response
 
 from kb.datasette_plugin import functions
+from kb.datasette_plugin.connections import search_db
 from kb.datasette_plugin.utils import clean_snippet, sanitize_html
 from kb.digest import build_digest
 from kb.errors import KbError
@@ -112,7 +113,7 @@ async def search_posts(db, datasette, form: dict) -> list[dict]:
 
     def run(conn):
         return functions.run_search(
-            conn,
+            db.path,
             datasette,
             query=form["q"],
             mode=form["mode"],
@@ -278,7 +279,7 @@ async def digest_page(datasette, request):
     if day and not problems:
         try:
             digest = await db.execute_fn(
-                lambda conn: build_digest(functions.read_only_db(conn), day, days)
+                lambda conn: build_digest(search_db(db.path), day, days)
             )
         except KbError as error:
             problems.append(str(error))
@@ -324,10 +325,7 @@ async def render_query_cell(datasette, database, column, value):
 ROUTES = [
     (r"^/-/kb/?$", index_page),
     (r"^/-/kb/search$", search_page),
-    # Any id reaches the view, which returns the 404 itself. With rich
-    # installed, Datasette 0.65.5 returns a 500 for a path that matches no
-    # route, because its handle_exception calls rich's print_exception outside
-    # an except block.
+    # Any id reaches the view, so a bad one gets a message that says why.
     (r"^/-/kb/post/(?P<post_id>[^/]*)$", post_page),
     (r"^/-/kb/digest$", digest_page),
 ]
