@@ -72,7 +72,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.version_option(package_name="kb")
+@click.version_option(package_name="kb", prog_name="kb")
 @click.option(
     "-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug"
 )
