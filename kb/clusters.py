@@ -27,6 +27,8 @@ MAX_TOPICS = 60
 # sample and only the final clustering uses every row.
 SELECTION_SAMPLE = 8_000
 SILHOUETTE_SAMPLE = 4_000
+# A silhouette within this share of the best counts as equally good.
+NEAR_BEST = 0.1
 # How many numbers of clusters are tried, spaced geometrically.
 CANDIDATES = 10
 
@@ -130,7 +132,7 @@ def cluster_vectors(
         dim = vectors.shape[1] if vectors.ndim == 2 else 0
         return empty_clustering(n, dim)
     candidates = score_candidates(vectors, min_size, max_topics, random_state)
-    best_k = max(candidates, key=lambda k: (round(candidates[k], 4), -k))
+    best_k = finest_near_best(candidates)
     logger.info("chose %d clusters for %d rows: %s", best_k, n, candidates)
     model = KMeans(n_clusters=best_k, n_init=3, random_state=random_state)
     raw_labels = model.fit_predict(vectors)
@@ -138,6 +140,21 @@ def cluster_vectors(
     clustering.silhouette = candidates[best_k]
     clustering.candidates = candidates
     return clustering
+
+
+def finest_near_best(candidates: dict[int, float]) -> int:
+    """Return the largest k whose silhouette is close to the best one.
+
+    The silhouette of text embeddings is low and flat (for the feed corpus
+    it stays between 0.03 and 0.07 from 7 to 45 clusters), so the top
+    value is a matter of noise. Among near-equal scores the finer topics
+    serve a reader better.
+    """
+    best = max(candidates.values())
+    near = [
+        k for k, score in candidates.items() if score >= best - abs(best) * NEAR_BEST
+    ]
+    return max(near)
 
 
 def empty_clustering(n: int, dim: int) -> Clustering:

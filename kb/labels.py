@@ -27,12 +27,18 @@ FEED_STOP_WORDS = {
     "years", "today", "time", "including", "work", "able", "need", "want",
     "better", "different", "know", "look", "let", "lets", "really", "thing",
     "things", "good", "great", "important", "based", "dear", "friends", "got",
-    "going", "come", "comes", "came", "day", "days", "ll", "ve", "don",
+    "going", "come", "comes", "came", "day", "days", "ll", "ve", "don", "lot",
+    "lots", "think", "people", "actually", "probably", "maybe", "pretty",
 }  # fmt: skip
 STOP_WORDS = sorted(ENGLISH_STOP_WORDS | FEED_STOP_WORDS)
 # Tokens start with a letter, so years, versions and counts are left out.
 TOKEN_PATTERN = r"(?u)\b[^\W\d_][\w\-]*[^\W_]\b"
 LABEL_TERMS = 3
+# A term in at least this share of one feed's posts is that feed's
+# boilerplate, such as "the batch" in every issue of a newsletter.
+BOILERPLATE_SHARE = 0.8
+BOILERPLATE_MIN_POSTS = 5
+BOILERPLATE_SAMPLE = 200
 MAX_VOCABULARY = 50_000
 
 
@@ -42,6 +48,7 @@ def cluster_terms(
     k: int,
     *,
     n_terms: int = 10,
+    sources: list | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Return the most distinctive terms of each cluster, best first.
 
@@ -56,6 +63,10 @@ def cluster_terms(
         Number of clusters.
     n_terms : int, default=10
         Terms to return per cluster.
+    sources : list, optional
+        The feed of each row. Terms in most posts of one feed are that
+        feed's boilerplate (its name, a newsletter's greeting) and are
+        left out of the terms.
 
     Returns
     -------
@@ -84,6 +95,8 @@ def cluster_terms(
         logger.info("no terms to label %d clusters", k)
         return [[] for _ in range(k)]
     weights = ctfidf(counts)
+    if sources is not None:
+        weights[:, boilerplate_columns(vectorizer, documents, sources)] = 0
     vocabulary = vectorizer.get_feature_names_out()
     terms = []
     for row in weights:
@@ -91,6 +104,35 @@ def cluster_terms(
         ranked = [(str(vocabulary[i]), float(row[i])) for i in top if row[i] > 0]
         terms.append(drop_redundant_terms(ranked)[:n_terms])
     return terms
+
+
+def boilerplate_columns(
+    vectorizer: CountVectorizer, documents: list[str], sources: list
+) -> np.ndarray:
+    """Return the vocabulary columns that are some feed's boilerplate.
+
+    A term is boilerplate when at least BOILERPLATE_SHARE of one feed's posts
+    contain it, and so is a bigram that contains such a word. Only feeds with at least BOILERPLATE_MIN_POSTS posts count, and at most
+    BOILERPLATE_SAMPLE posts of each feed are read.
+    """
+    by_source: dict = {}
+    for document, source in zip(documents, sources, strict=True):
+        by_source.setdefault(source, []).append(document or "")
+    columns = np.zeros(len(vectorizer.vocabulary_), dtype=bool)
+    for texts in by_source.values():
+        if len(texts) < BOILERPLATE_MIN_POSTS:
+            continue
+        present = vectorizer.transform(texts[:BOILERPLATE_SAMPLE]) > 0
+        share = np.asarray(present.mean(axis=0)).ravel()
+        columns |= share >= BOILERPLATE_SHARE
+    # A bigram that contains a boilerplate word, such as "digest kubernetes"
+    # after "Weekly digest: Kubernetes ...", is boilerplate too.
+    vocabulary = vectorizer.get_feature_names_out()
+    words = {term for term in vocabulary[columns] if " " not in term}
+    for index, term in enumerate(vocabulary):
+        if " " in term and words & set(term.split()):
+            columns[index] = True
+    return np.flatnonzero(columns)
 
 
 def ctfidf(counts: np.ndarray) -> np.ndarray:

@@ -80,6 +80,7 @@ class PostRows:
     ids: np.ndarray
     vectors: np.ndarray
     documents: list[str]
+    feeds: list[int]
 
 
 def update_topics(
@@ -179,22 +180,25 @@ def update_topics_from_vectors(
 def load_post_rows(
     db: sqlite_utils.Database, post_ids: np.ndarray, vectors: np.ndarray
 ) -> PostRows:
-    """Return the posts' ids, vectors and label text in canonical order."""
+    """Return the posts' ids, vectors, label text and feeds in canonical order."""
     position = {int(post_id): index for index, post_id in enumerate(post_ids)}
     keyed = []
-    for row in db.query("SELECT id, content_hash, url, title, content_text FROM posts"):
+    for row in db.query(
+        "SELECT id, feed_id, content_hash, url, title, content_text FROM posts"
+    ):
         if row["id"] in position:
             key = (row["content_hash"] or "", row["url"] or "", row["id"])
             text = (row["content_text"] or "")[:LABEL_TEXT_CHARS]
-            keyed.append((key, row["id"], f"{row['title'] or ''}. {text}"))
+            keyed.append((key, f"{row['title'] or ''}. {text}", row["feed_id"]))
     keyed.sort()
-    order = [position[post_id] for _, post_id, _ in keyed]
+    ids = [key[2] for key, _, _ in keyed]
     dim = vectors.shape[1] if np.ndim(vectors) == 2 else 0
-    matrix = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)[order]
+    matrix = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
     return PostRows(
-        ids=np.array([post_id for _, post_id, _ in keyed], dtype=np.int64),
-        vectors=clusters.normalise(matrix),
-        documents=[document for _, _, document in keyed],
+        ids=np.array(ids, dtype=np.int64),
+        vectors=clusters.normalise(matrix[[position[i] for i in ids]]),
+        documents=[document for _, document, _ in keyed],
+        feeds=[feed_id for _, _, feed_id in keyed],
     )
 
 
@@ -250,7 +254,9 @@ def fit_topics(
             report.message += " Run 'kb embed' to embed the stored posts."
         report.mode = "skipped"
         return report
-    terms = labels.cluster_terms(rows.documents, clustering.labels, clustering.k)
+    terms = labels.cluster_terms(
+        rows.documents, clustering.labels, clustering.k, sources=rows.feeds
+    )
     old_topics = active_topics(db, model)
     old_centroids, _ = centroids_of_topics(old_topics)
     pairs = clusters.match_clusters(

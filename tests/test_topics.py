@@ -135,6 +135,20 @@ def test_cluster_terms_without_words_are_empty():
     assert labels.label_from_terms([]) == "(no terms)"
 
 
+def test_cluster_terms_skip_feed_boilerplate():
+    documents = [f"Weekly digest: kubernetes pods {i}" for i in range(6)] + [
+        f"Weekly digest: rust borrow checker {i}" for i in range(6)
+    ]
+    cluster_labels = np.array([0] * 6 + [1] * 6)
+    plain = labels.cluster_terms(documents, cluster_labels, 2)
+    cleaned = labels.cluster_terms(
+        documents, cluster_labels, 2, sources=["digest"] * 12
+    )
+    assert "weekly digest" not in [term for term, _ in cleaned[0]]
+    assert cleaned[0][0][0] in {"kubernetes", "pods", "kubernetes pods"}
+    assert len(plain[0]) >= len(cleaned[0])
+
+
 def test_drop_redundant_terms_keeps_bigram_first():
     ranked = [("load balancing", 3.0), ("load", 2.0), ("balancing", 1.5), ("dns", 1.0)]
     assert [t for t, _ in labels.drop_redundant_terms(ranked)] == [
