@@ -7,9 +7,11 @@ Usage::
 
 Without ``--date`` the script picks the day whose posts come from the most
 companies. Each case runs ``--repeat`` times in this process after one
-warm-up run, and the table reports the median and the fastest run in
-milliseconds, with the machine and the database size. Nothing is written to
-the database.
+warm-up run. The table reports the median and fastest wall time and the
+median CPU time of this process in milliseconds, with the machine, its load
+average and the database size. CPU time counts only this process, so it
+varies less than wall time on a shared machine. Nothing is written to the
+database.
 """
 
 import argparse
@@ -47,18 +49,31 @@ def busiest_day(db) -> str:
     return row[0]
 
 
-def time_case(function: Callable[[], object], repeat: int) -> tuple[float, float]:
+def time_case(
+    function: Callable[[], object], repeat: int
+) -> tuple[float, float, float]:
     """Run ``function`` once to warm up, then ``repeat`` times.
 
-    Returns the median and the minimum wall time in milliseconds.
+    Returns the median and the minimum wall time and the median CPU time of
+    this process, in milliseconds.
     """
     function()
-    timings = []
+    wall = []
+    cpu = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         function()
-        timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings), min(timings)
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((time.process_time() - start_cpu) * 1000)
+    return statistics.median(wall), min(wall), statistics.median(cpu)
+
+
+def load_average() -> str:
+    """Return the 1, 5 and 15 minute load averages, or "unknown"."""
+    try:
+        return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def machine() -> str:
@@ -118,17 +133,20 @@ def main() -> None:
 
     posts = db["posts"].count
     print(f"Machine: {machine()}")
+    print(f"Load average before: {load_average()}")
     print(
         f"Database: {posts} posts. Day {date}: {day.post_count} posts from "
         f"{len(day.companies)} companies. Week to {date}: {week.post_count} posts "
         f"from {len(week.companies)} companies. Repeats: {arguments.repeat}."
     )
     print()
-    print("| case | median ms | min ms |")
-    print("| --- | ---: | ---: |")
+    print("| case | wall median ms | wall min ms | CPU median ms |")
+    print("| --- | ---: | ---: | ---: |")
     for name, function in cases:
-        median, fastest = time_case(function, arguments.repeat)
-        print(f"| {name} | {median:.0f} | {fastest:.0f} |")
+        median, fastest, cpu = time_case(function, arguments.repeat)
+        print(f"| {name} | {median:.0f} | {fastest:.0f} | {cpu:.0f} |")
+    print()
+    print(f"Load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -103,10 +103,10 @@ def build_digest(
     days
         The window's length in days, default 1.
     max_posts
-        The most posts given a summary, the Signal of the Day included; the
-        rest are listed by title. Default 8.
+        The maximum number of posts given a summary, the Signal of the Day
+        included, default 8. The rest are listed by title.
     max_per_company
-        The most summarised posts from one company, default 2.
+        The maximum number of summarised posts from one company, default 2.
     background
         TF-IDF weights from :func:`fit_background`, to share between several
         digests. By default they are fitted on the posts up to ``date``.

@@ -45,7 +45,8 @@ def find_patterns(
     """Find the patterns that at least two companies share in a window.
 
     Returns the patterns (most companies first), a paragraph that names them
-    with their companies, and a sentence that names their source.
+    with their companies, and a sentence that names their source, which is
+    empty when the paragraph already states that nothing was shared.
     """
     refs = {post["id"]: post_ref(post) for post in posts}
     kinds = assigned_kinds(db)
@@ -57,22 +58,29 @@ def find_patterns(
     if patterns:
         used = sorted({f"{pattern.kind}s" for pattern in patterns})
         source = f"Patterns come from the {' and '.join(used)} assigned to these posts."
-    elif kinds:
-        patterns = term_patterns(posts, refs, background)
-        source = (
-            f"No {' or '.join(kinds)} linked two companies in this window, so "
-            "patterns come from salient terms that posts share."
-        )
     else:
         patterns = term_patterns(posts, refs, background)
-        source = (
-            "This knowledge base has no topics or themes assigned yet, so patterns "
-            "come from salient terms that posts share."
-        )
+        source = terms_source(kinds, bool(patterns))
     patterns = rank_patterns(patterns)[:MAX_PATTERNS]
     for pattern in patterns:
         pattern.companies.sort()
-    return patterns, patterns_paragraph(patterns, days), source
+    paragraph = patterns_paragraph(patterns, days, searched_kinds=bool(kinds))
+    return patterns, paragraph, source
+
+
+def terms_source(kinds: list[str], has_patterns: bool) -> str:
+    """Return the sentence that explains why patterns come from salient terms."""
+    if not kinds:
+        return (
+            "This knowledge base has no topics or themes assigned yet, so only "
+            "salient terms that posts share were compared."
+        )
+    if has_patterns:
+        return (
+            f"No {' or '.join(kinds)} linked two companies in this window, so "
+            "these patterns come from salient terms that posts share."
+        )
+    return ""
 
 
 def assigned_kinds(db: sqlite_utils.Database) -> list[str]:
@@ -204,7 +212,7 @@ def company_words(posts: list[dict]) -> set[str]:
 
 
 def is_salient(term: str, excluded: set[str]) -> bool:
-    """Whether a term can name a pattern: no digits-only words, no generic words."""
+    """Return whether a term can name a pattern: no numbers, no generic words."""
     words = term.split()
     if any(word in excluded or word in GENERIC_TERMS for word in words):
         return False
@@ -256,13 +264,18 @@ def join_names(names: list[str]) -> str:
     return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def patterns_paragraph(patterns: list[Pattern], days: int) -> str:
-    """Return the paragraph that names each pattern with its companies."""
+def patterns_paragraph(
+    patterns: list[Pattern], days: int, *, searched_kinds: bool = True
+) -> str:
+    """Return the paragraph that names each pattern with its companies.
+
+    ``searched_kinds`` states whether themes and topics were compared as well
+    as salient terms, so that an empty result names what was compared.
+    """
     span = "day" if days == 1 else "window"
     if not patterns:
-        return (
-            f"No theme, topic or salient term was shared by two companies this {span}."
-        )
+        compared = "theme, topic or salient term" if searched_kinds else "salient term"
+        return f"No {compared} was shared by two companies this {span}."
     clauses = []
     for pattern in patterns:
         # Themes are named by a person. Topic labels and terms are lists of

@@ -116,8 +116,9 @@ def render_markdown(digest: Digest) -> str:
     lines += [markdown_pattern(pattern) for pattern in digest.patterns]
     if digest.patterns:
         lines.append("")
-    lines.append(f"*{escape_markdown(digest.patterns_source)}*")
-    return "\n".join(lines) + "\n"
+    if digest.patterns_source:
+        lines.append(f"*{escape_markdown(digest.patterns_source)}*")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def markdown_dive(dive: DeepDive) -> list[str]:

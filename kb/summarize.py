@@ -40,6 +40,10 @@ ABBREVIATIONS = frozenset(
 )
 SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
 SENTENCE_START = re.compile(r"[\"'“‘(\[]?[A-Z0-9]")
+# Scraped feeds sometimes join paragraphs with no space: "across the
+# web.Agents are". A space goes between a lowercase word's final stop and a
+# capitalised word. "Node.js" and "v2.Beta" do not match.
+GLUED_SENTENCES = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z]+\b)")
 SENTENCE_FINAL = re.compile(r"[.!?][\"'”’)\]]*$")
 
 BLOCK_TAGS = ["p", "li", "blockquote", "dd", "td"]
@@ -165,7 +169,7 @@ def split_sentences(text: str) -> list[str]:
     abbreviation (``e.g.``, ``Dr.``), after a single letter (``J. Smith``) or
     after an initialism (``U.S.``) does not split either.
     """
-    text = " ".join(text.split())
+    text = GLUED_SENTENCES.sub(" ", " ".join(text.split()))
     sentences = []
     start = 0
     for match in SENTENCE_END.finditer(text):
@@ -183,7 +187,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def ends_with_abbreviation(fragment: str) -> bool:
-    """Whether ``fragment``, which ends in a period, ends with an abbreviation."""
+    """Return whether ``fragment``, ending in a period, ends in an abbreviation."""
     if not fragment.endswith("."):
         return False
     words = fragment[:-1].split()
@@ -254,12 +258,12 @@ def post_paragraphs(
 
 
 def is_boilerplate(sentence: str) -> bool:
-    """Whether a sentence is a footer, a prompt, a credit or a caption."""
+    """Return whether a sentence is a footer, a prompt, a credit or a caption."""
     return bool(BOILERPLATE.search(sentence))
 
 
 def looks_like_code(text: str) -> bool:
-    """Whether a line of text reads as code or a shell command rather than prose.
+    """Return whether a line of text reads as code or a shell command rather than prose.
 
     For example ``const x = f(y);`` and ``$ pip install kb`` are code, while
     ``We moved the queue (Kafka) to a new cluster.`` is prose.
@@ -287,7 +291,7 @@ def candidate_sentences(paragraphs: list[str], *, strict: bool = True) -> list[s
 
 
 def is_quotable(sentence: str, *, strict: bool = True) -> bool:
-    """Whether a sentence is complete prose of a readable length, not boilerplate."""
+    """Return whether a sentence is complete, readable prose and not boilerplate."""
     words = len(sentence.split())
     min_words = MIN_WORDS if strict else MIN_WORDS_FALLBACK
     if not min_words <= words <= MAX_WORDS:
@@ -334,8 +338,8 @@ def summarize(
         A fitted TF-IDF vectorizer whose IDF comes from a background of posts.
         Without one, a vectorizer is fitted on the post's own sentences.
     max_sentences
-        The most sentences to keep, default 4; at least 3 are kept when the
-        post has them and ``max_chars`` allows.
+        The maximum number of sentences, default 4. At least 3 are kept when
+        the post has them and ``max_chars`` allows.
     max_chars
         The length bound of the summary in characters, default 750. A first
         sentence longer than the bound is still kept.

@@ -177,6 +177,9 @@ class TextCollector(HTMLParser):
         ('He said "ship it." Then we did.', ['He said "ship it."', "Then we did."]),
         # A lowercase word after a period is not a new sentence.
         ("See fig. 3 for details. Next.", ["See fig. 3 for details.", "Next."]),
+        # Paragraphs glued together by a scraper, but not dotted names.
+        ("It spans the web.Agents use it.", ["It spans the web.", "Agents use it."]),
+        ("Node.js and v2.Beta stay whole.", ["Node.js and v2.Beta stay whole."]),
         ("", []),
     ],
 )
@@ -297,6 +300,8 @@ def test_digest_one_post(fresh_db):
     assert digest.deep_dives == []
     assert 3 <= len(digest.signal.sentences) <= 4
     assert digest.patterns == []
+    text = "No salient term was shared by two companies this day."
+    assert digest.patterns_text == text
     assert "1 post from 1 company on this day: Acme." in render_markdown(digest)
 
 
@@ -389,6 +394,15 @@ def test_patterns_from_topics_and_themes(kafka_db):
     assert digest.patterns_source == (
         "Patterns come from the themes and topics assigned to these posts."
     )
+
+
+def test_unshared_theme_falls_back_to_terms(kafka_db):
+    ids = [row["id"] for row in kafka_db["posts"].rows_where(order_by="id")]
+    add_theme(kafka_db, "Gardening", "Plants", [ids[2]])
+    digest = build_digest(kafka_db, "2026-04-16")
+    assert digest.patterns
+    assert all(pattern.kind == "term" for pattern in digest.patterns)
+    assert digest.patterns_source.startswith("No themes linked two companies")
 
 
 def test_patterns_fall_back_to_terms(kafka_db):
