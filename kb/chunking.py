@@ -1,7 +1,7 @@
 """Split post text into overlapping chunks that fit an embedding model.
 
 A chunk is a span of the original text, cut at token boundaries, so a chunk
-never holds more tokens than the model reads. Consecutive chunks share
+never contains more tokens than the model reads. Consecutive chunks share
 ``overlap`` tokens, so a sentence cut at one boundary is whole in a neighbour.
 """
 

@@ -65,7 +65,7 @@ class HashEmbedder(Embedder):
 
     Each lowercased word adds a signed one to a bucket picked by its BLAKE2b
     hash, so the vectors are the same in every process and texts that share
-    words point the same way. Meant for tests: it knows no synonyms.
+    words point the same way. Meant for tests, because it maps no synonyms together.
     """
 
     def __init__(self, dim: int, max_tokens: int = 64):
@@ -177,7 +177,7 @@ def load_embedder(name: str) -> Embedder:
 
 @dataclass
 class EmbedStats:
-    """What one :func:`embed_posts` run did."""
+    """Counts of the posts and chunks that one :func:`embed_posts` run handled."""
 
     model: str
     dim: int

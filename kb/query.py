@@ -39,7 +39,7 @@ def query_terms(text: str) -> list[str]:
 
     Words ending in ``*`` become prefix queries; other operators are words.
 
-    A word that holds separators, such as ``cf-html`` or ``parse_json()``,
+    A word that contains separators, such as ``cf-html`` or ``parse_json()``,
     becomes a phrase of its tokens, so it matches the same tokens in a row.
     """
     terms, plain = [], []
@@ -58,7 +58,7 @@ def query_terms(text: str) -> list[str]:
         if len(tokens) > 1 or prefix or tokens[0].lower() not in STOPWORDS
     ]
     for tokens, prefix in kept if kept or terms else plain:
-        # A trailing star asks for a prefix match: "prox*" matches "proxy".
+        # A trailing star requests a prefix match: "prox*" matches "proxy".
         terms.append(phrase(tokens) + (" *" if prefix else ""))
     unique = []
     for term in terms:
