@@ -755,3 +755,18 @@ async def test_posts_view_search_filters(datasette):
         params={"_search": "failover", "company": "Initech", "_shape": "array"},
     )
     assert [row["id"] for row in response.json()] == [3]
+
+
+async def test_every_visible_column_described(datasette):
+    tables = load_metadata()["databases"]["kb"]["tables"]
+    listing = (await datasette.client.get("/kb.json")).json()
+    visible = [table["name"] for table in listing["tables"] if not table["hidden"]]
+    visible += [view["name"] for view in listing["views"]]
+    for name in visible:
+        assert tables.get(name, {}).get("description"), name
+        response = await datasette.client.get(
+            "/kb.json", params={"sql": f"select * from [{name}] limit 0"}
+        )
+        described = tables[name].get("columns") or {}
+        missing = [c for c in response.json()["columns"] if c not in described]
+        assert missing == [], name
