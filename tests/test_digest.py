@@ -10,6 +10,8 @@ from kb.cli import cli
 from kb.digest import (
     build_digest,
     build_digests,
+    cached_background,
+    parse_date,
     render_atom,
     render_html,
     render_json,
@@ -484,6 +486,15 @@ def test_html_is_complete_page(kafka_db):
         assert f"<h2>{heading}</h2>" in html
     fragment = render_html(build_digest(kafka_db, "2026-04-16"), standalone=False)
     assert fragment.startswith('<article class="kb-digest">')
+
+
+def test_background_cached_until_posts_change(kafka_db):
+    end = parse_date("2026-04-16")
+    first = cached_background(kafka_db, end)
+    assert cached_background(kafka_db, end) is first
+    feed = kafka_db["feeds"].get(1)["id"]
+    add_post(kafka_db, feed, "A new post", "2026-04-16T10:00:00+00:00")
+    assert cached_background(kafka_db, end) is not first
 
 
 def test_digest_is_deterministic(kafka_db):
