@@ -9,6 +9,7 @@ Everything is computed from the database; nothing calls a network service.
 
 import logging
 import math
+import threading
 from datetime import date as Date
 from datetime import timedelta
 
@@ -54,6 +55,8 @@ FULL_TEXT_WORDS = 500
 # 1,275-post test corpus. Only the few most recently used are kept.
 BACKGROUND_CACHE_SIZE = 4
 BACKGROUND_CACHE: dict[tuple, Background] = {}
+# Datasette builds digests in worker threads.
+BACKGROUND_LOCK = threading.Lock()
 
 
 def parse_date(value: str | Date) -> Date:
@@ -275,10 +278,16 @@ def cached_background(db: sqlite_utils.Database, end: Date) -> Background:
     posts, newest_post = db.execute("SELECT COUNT(*), MAX(id) FROM posts").fetchone()
     newest_run = db.execute("SELECT MAX(id) FROM runs").fetchone()[0]
     key = (path, end, posts, newest_post, newest_run)
-    background = BACKGROUND_CACHE.pop(key, None) or fit_background(db, end)
-    BACKGROUND_CACHE[key] = background
-    while len(BACKGROUND_CACHE) > BACKGROUND_CACHE_SIZE:
-        BACKGROUND_CACHE.pop(next(iter(BACKGROUND_CACHE)))
+    with BACKGROUND_LOCK:
+        background = BACKGROUND_CACHE.get(key)
+    if background is None:
+        # Fit outside the lock: two threads may both fit, and one result wins.
+        background = fit_background(db, end)
+    with BACKGROUND_LOCK:
+        BACKGROUND_CACHE.pop(key, None)
+        BACKGROUND_CACHE[key] = background
+        while len(BACKGROUND_CACHE) > BACKGROUND_CACHE_SIZE:
+            BACKGROUND_CACHE.pop(next(iter(BACKGROUND_CACHE)))
     return background
 
 
