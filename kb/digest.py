@@ -4,14 +4,14 @@ A digest has a Signal of the Day (the post most related to what other
 companies published in the window), Deep Dives (extractive summaries of the
 next posts by the same score, capped per company) and Patterns Across
 Companies (themes, topics or shared terms that at least two companies touched).
-Everything is computed from the database; nothing calls a network service.
+Everything is computed from the database, and nothing calls a network service.
 """
 
 import logging
 import math
 import threading
 from datetime import date as Date
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import sqlite_utils
@@ -64,6 +64,8 @@ def parse_date(value: str | Date) -> Date:
 
     Raises ConfigError naming the value when it is not a valid date.
     """
+    if isinstance(value, datetime):
+        return value.date()
     if isinstance(value, Date):
         return value
     try:

@@ -521,6 +521,16 @@ def test_atom_feed_has_one_entry_per_day(kafka_db):
     assert entry.updated == "2026-04-16T23:59:59Z"
 
 
+def test_window_accepts_date_objects(kafka_db):
+    from datetime import date, datetime
+
+    by_date = build_digest(kafka_db, date(2026, 4, 16))
+    by_datetime = build_digest(kafka_db, datetime(2026, 4, 16, 18, 30))
+    assert by_date.date == "2026-04-16"
+    assert by_datetime.date == "2026-04-16"
+    assert by_datetime.post_count == 3
+
+
 @pytest.mark.parametrize(
     "date, days",
     [("2026-13-01", 1), ("yesterday", 1), ("2026-04-16", 0), ("2026-04-16", 400)],
