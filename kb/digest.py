@@ -256,8 +256,10 @@ def load_window_posts(db: sqlite_utils.Database, start: Date, end: Date) -> list
     unique: dict[tuple[str, str], dict] = {}
     for values in rows.fetchall():
         post = dict(zip(columns, values, strict=True))
-        post["title"] = " ".join((post["title"] or "").split()) or "(untitled)"
-        key = (post["company"], post["title"].casefold())
+        title = " ".join((post["title"] or "").split())
+        post["title"] = title or "(untitled)"
+        # Untitled posts cannot be matched by title, so each one is kept.
+        key = (post["company"], title.casefold() or f"#{post['id']}")
         kept = unique.get(key)
         if kept is None or (post["word_count"] or 0) > (kept["word_count"] or 0):
             unique[key] = post

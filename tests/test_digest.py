@@ -316,6 +316,27 @@ def test_digest_post_without_text(fresh_db):
     assert "only its title" in render_markdown(digest)
 
 
+def test_window_keeps_untitled_posts_apart(fresh_db):
+    feed = add_feed(fresh_db, "acme-eng", "Acme")
+    for hour in (9, 10):
+        published = f"2026-04-16T{hour:02d}:00:00+00:00"
+        add_post(fresh_db, feed, "", published, url=f"https://a.example/{hour}")
+    add_post(fresh_db, feed, "Same title", "2026-04-16T11:00:00+00:00")
+    longer = add_post(
+        fresh_db,
+        feed,
+        "Same  title",
+        "2026-04-16T12:00:00+00:00",
+        url="https://mirror.example/same-title",
+        content_text=KAFKA_TEXT,
+    )
+    digest = build_digest(fresh_db, "2026-04-16", max_posts=8, max_per_company=8)
+    posts = [digest.signal, *digest.deep_dives]
+    assert digest.post_count == 3
+    assert [dive.post.title for dive in posts].count("(untitled)") == 2
+    assert longer in [dive.post.post_id for dive in posts]
+
+
 def test_digest_post_that_is_all_code(fresh_db):
     feed = add_feed(fresh_db, "acme-eng", "Acme")
     html = (
