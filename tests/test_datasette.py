@@ -382,7 +382,7 @@ async def test_search_page_semantic_mode(datasette):
 @pytest.mark.parametrize(
     "params,message",
     [
-        ({"q": "x", "mode": "fuzzy"}, "Unknown search mode"),
+        ({"q": "x", "mode": "fuzzy"}, "Invalid search mode"),
         ({"q": "x", "since": "yesterday"}, "Invalid since date"),
         ({"q": "x", "until": "2026-13-01"}, "Invalid until date"),
         ({"q": "x", "topic": "no such topic"}, "Unknown topic"),

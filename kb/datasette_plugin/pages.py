@@ -64,6 +64,7 @@ async def search_page(datasette, request):
         try:
             results = await search_posts(db, datasette, form)
         except KbError as error:
+            logger.info("search page: %s", error)
             problems.append(str(error))
     context = {
         "form": form,
@@ -93,7 +94,7 @@ def read_search_form(request) -> tuple[dict, list[str]]:
     problems = []
     if form["mode"] not in functions.SEARCH_MODES:
         problems.append(
-            f"Unknown search mode {form['mode']!r}: choose one of "
+            f"Invalid search mode {form['mode']!r}: choose one of "
             f"{', '.join(functions.SEARCH_MODES)}."
         )
         form["mode"] = "hybrid"
@@ -282,6 +283,7 @@ async def digest_page(datasette, request):
                 lambda conn: build_digest(search_db(db.path), day, days)
             )
         except KbError as error:
+            logger.info("digest page: %s", error)
             problems.append(str(error))
     context = {
         "digest": digest,
