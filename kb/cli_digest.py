@@ -52,7 +52,7 @@ def parse_date_option(context, parameter, value):
     type=click.IntRange(min=1),
     default=MAX_POSTS,
     show_default=True,
-    help="Most posts that get a summary, the Signal of the Day included",
+    help="Maximum number of posts summarised, the Signal of the Day included",
 )
 @click.option(
     "-o",

@@ -1,9 +1,10 @@
 """The daily digest "Engineering @ Scale", built from the posts in a date window.
 
-A digest has a Signal of the Day (the post most related to what other
-companies published in the window), Deep Dives (extractive summaries of the
-next posts by the same score, capped per company) and Patterns Across
-Companies (themes, topics or shared terms that at least two companies touched).
+A digest has three sections. The Signal of the Day is the post most related
+to what other companies published in the window. Deep Dives are extractive
+summaries of the next posts by the same score, capped per company. Patterns
+Across Companies are themes, topics or shared terms that at least two
+companies touched.
 Everything is computed from the database, and nothing calls a network service.
 """
 
@@ -51,8 +52,8 @@ BACKGROUND_WORDS = 200
 # A post with less text than this counts for less in the signal score: a
 # one-line feed summary is weak evidence of what a post is about.
 FULL_TEXT_WORDS = 500
-# A background holds its whole vocabulary: 8 MB for the 51,000 terms of the
-# 1,275-post test corpus. Only the few most recently used are kept.
+# A background contains its whole vocabulary: 8 MB for the 51,000 terms of
+# the 1,275-post test corpus. Only the few most recently used are kept.
 BACKGROUND_CACHE_SIZE = 4
 BACKGROUND_CACHE: dict[tuple, Background] = {}
 # Datasette builds digests in worker threads.

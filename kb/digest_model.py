@@ -1,7 +1,7 @@
 """The data of a digest: the posts it cites, its summaries and its patterns.
 
 The digest classes are plain dataclasses, so ``dataclasses.asdict`` gives the
-JSON form. :class:`Background` holds the TF-IDF model they are computed with.
+JSON form. :class:`Background` is the TF-IDF model they are computed with.
 """
 
 from dataclasses import dataclass, field

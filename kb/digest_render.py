@@ -1,9 +1,9 @@
 """Render a digest as Markdown, HTML, JSON or an Atom feed of daily digests.
 
 Titles and summaries come from feeds, so every renderer treats them as
-untrusted text: HTML output is escaped by Jinja2's autoescaping, Markdown
-output backslash-escapes the characters that would become markup, and links
-are kept only for http and https URLs (a ``javascript:`` link is dropped).
+untrusted text. HTML output is escaped by Jinja2's autoescaping, and Markdown
+output backslash-escapes the characters that would become markup. Links are
+kept only for http and https URLs, so a ``javascript:`` link is dropped.
 """
 
 import dataclasses
