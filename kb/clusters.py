@@ -28,7 +28,7 @@ MAX_TOPICS = 60
 SELECTION_SAMPLE = 8_000
 SILHOUETTE_SAMPLE = 4_000
 # A silhouette within this share of the best counts as equally good.
-NEAR_BEST = 0.1
+NEAR_BEST = 0.15
 # How many numbers of clusters are tried, spaced geometrically.
 CANDIDATES = 10
 
@@ -145,10 +145,10 @@ def cluster_vectors(
 def finest_near_best(candidates: dict[int, float]) -> int:
     """Return the largest k whose silhouette is close to the best one.
 
-    The silhouette of text embeddings is low and flat (for the feed corpus
-    it stays between 0.03 and 0.07 from 7 to 45 clusters), so the top
-    value is a matter of noise. Among near-equal scores the finer topics
-    serve a reader better.
+    The silhouette of text embeddings is low and flat: for the 1,275 posts
+    of the feed corpus with all-MiniLM-L6-v2 it stays between 0.04 and 0.07
+    from 9 to 54 clusters, so the top value is partly noise. Among
+    near-equal scores the finer topics serve a reader better.
     """
     best = max(candidates.values())
     near = [

@@ -36,7 +36,7 @@ TOKEN_PATTERN = r"(?u)\b[^\W\d_][\w\-]*[^\W_]\b"
 LABEL_TERMS = 3
 # A term in at least this share of one feed's posts is that feed's
 # boilerplate, such as "the batch" in every issue of a newsletter.
-BOILERPLATE_SHARE = 0.8
+BOILERPLATE_SHARE = 0.5
 BOILERPLATE_MIN_POSTS = 5
 BOILERPLATE_SAMPLE = 200
 MAX_VOCABULARY = 50_000
@@ -112,7 +112,8 @@ def boilerplate_columns(
     """Return the vocabulary columns that are some feed's boilerplate.
 
     A term is boilerplate when at least BOILERPLATE_SHARE of one feed's posts
-    contain it, and so is a bigram that contains such a word. Only feeds with at least BOILERPLATE_MIN_POSTS posts count, and at most
+    contain it, and so is a bigram that contains such a word. Only feeds
+    with at least BOILERPLATE_MIN_POSTS posts count, and at most
     BOILERPLATE_SAMPLE posts of each feed are read.
     """
     by_source: dict = {}
