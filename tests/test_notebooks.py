@@ -5,6 +5,7 @@ full, raised nothing and embeds its charts. The slow test runs every notebook
 again with nbclient against a database built from the feed corpus.
 """
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -30,8 +31,16 @@ MAX_TEXT_OUTPUT_CHARS = 20_000
 LOCAL_PATH_MARKERS = ("/tmp/", "/work/", "/home/", "/root/", "site-packages")
 CELL_TIMEOUT_S = 600
 
-sys.path.insert(0, str(NOTEBOOKS_DIR))
-import views  # noqa: E402
+
+def load_views():
+    """Import notebooks/views.py by path, leaving sys.path as it is."""
+    spec = importlib.util.spec_from_file_location("views", NOTEBOOKS_DIR / "views.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+views = load_views()
 
 
 def read_notebook(path: Path):
