@@ -1,0 +1,199 @@
+"""Show the topics of the real corpus, and that one more night keeps their ids.
+
+Usage, from the repository root::
+
+    python benchmarks/topics_quality.py --db EMBEDDED_DB [--corpus FEEDS]
+        [--last-night 2026-08-20] [--output docs/topics.md]
+
+EMBEDDED_DB is a database of the whole corpus with embeddings (``kb ingest
+--from FEEDS``); its post vectors are reused by canonical link, so nothing is
+embedded again. The script then builds a new database in three steps:
+
+1. replay every snapshot dated before --last-night and fit topics;
+2. replay the snapshots of --last-night and later, as a nightly ingest
+   would, and update topics (new posts join existing topics);
+3. refit all posts, as ``kb topics --refit`` does, matching new clusters to
+   the topics of step 2.
+
+It writes the topics after steps 1 and 2, with ids, sizes, labels and
+companies, and what the refit kept, to a Markdown page.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("KB_SHARED", REPO.parent / "shared"))
+DEFAULT_CORPUS = SHARED / "corpus" / "feeds"
+
+
+def reference_vectors(db_path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Map each post's url to its vector in an embedded database."""
+    from kb.db import open_db
+    from kb.vectors import load_post_vectors, stored_model
+
+    db = open_db(db_path, create=False)
+    post_ids, vectors = load_post_vectors(db)
+    url_of = dict(db.execute("SELECT id, url FROM posts").fetchall())
+    model, _ = stored_model(db)
+    db.close()
+    return {
+        url_of[int(i)]: vector for i, vector in zip(post_ids, vectors, strict=True)
+    }, model
+
+
+def snapshots(corpus: Path, last_night: str) -> tuple[list[str], list[str]]:
+    """Split the dated snapshot files into those before and from ``last_night``."""
+    before, after = [], []
+    for path in sorted(corpus.glob("*/*.xml")):
+        (after if path.stem >= last_night else before).append(str(path))
+    return before, after
+
+
+def update_from_reference(db, vectors_by_url: dict, model: str, refit: bool = False):
+    """Run update_topics_from_vectors with the reference vectors of db's posts."""
+    from kb.topics import update_topics_from_vectors
+
+    rows = [
+        (post_id, vectors_by_url[url])
+        for post_id, url in db.execute("SELECT id, url FROM posts ORDER BY id")
+        if url in vectors_by_url
+    ]
+    post_ids = np.array([post_id for post_id, _ in rows], dtype=np.int64)
+    matrix = np.stack([vector for _, vector in rows])
+    return update_topics_from_vectors(db, post_ids, matrix, model=model, refit=refit)
+
+
+def topics_table(topics: list[dict]) -> list[str]:
+    lines = [
+        "| id | size | label | top terms | companies |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for topic in topics:
+        companies = ", ".join(
+            f"{name} ({count})" for name, count in topic["companies"][:3]
+        )
+        terms = ", ".join(topic["terms"][3:7])
+        lines.append(
+            f"| {topic['id']} | {topic['size']} | {topic['label']} | {terms} | "
+            f"{companies} |"
+        )
+    return lines
+
+
+def changes(first: list[dict], second: list[dict]) -> str:
+    before = {topic["id"]: topic for topic in first}
+    after = {topic["id"]: topic for topic in second}
+    kept = [i for i in after if i in before and after[i]["label"] == before[i]["label"]]
+    grown = sum(after[i]["size"] - before[i]["size"] for i in kept)
+    return (
+        f"{len(kept)} of {len(before)} topics kept their id and label, "
+        f"{len(set(after) - set(before))} are new, {len(set(before) - set(after))} "
+        f"were retired; the sizes of the kept topics changed by {grown:+d} posts "
+        "in total."
+    )
+
+
+def run(db_path: Path, corpus: Path, last_night: str, work: Path) -> dict:
+    """Replay, fit, replay one more night, refit; return the reports and topics."""
+    from kb.db import open_db
+    from kb.ingest import ingest_paths
+    from kb.topics import list_topics
+
+    vectors_by_url, model = reference_vectors(db_path)
+    before, after = snapshots(corpus, last_night)
+    db = open_db(work / "nights.db")
+    ingest_paths(db, before)
+    first_report = update_from_reference(db, vectors_by_url, model)
+    first = list_topics(db)
+    ingest_paths(db, after)
+    second_report = update_from_reference(db, vectors_by_url, model)
+    second = list_topics(db)
+    refit_report = update_from_reference(db, vectors_by_url, model, refit=True)
+    refit = list_topics(db)
+    db.close()
+    return {
+        "reports": (first_report, second_report, refit_report),
+        "topics": (first, second, refit),
+        "files": (len(before), len(after)),
+    }
+
+
+def format_page(result: dict, last_night: str, command: str) -> str:
+    first_report, second_report, refit_report = result["reports"]
+    first, second, refit = result["topics"]
+    lines = [
+        "## Topics of the corpus",
+        "",
+        "Generated by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"### Before {last_night}",
+        "",
+        f"{result['files'][0]} snapshot files replayed, then topics fitted: "
+        f"{first_report}",
+        "",
+        *topics_table(first),
+        "",
+        f"### After replaying {last_night} and later",
+        "",
+        f"{result['files'][1]} more snapshot files replayed, then topics updated: "
+        f"{second_report}",
+        "",
+        changes(first, second),
+        "",
+        *topics_table(second),
+        "",
+        "### After a refit",
+        "",
+        f"All posts clustered again (`kb topics --refit`): {refit_report}",
+        "",
+        changes(second, refit),
+        "",
+        *topics_table(refit),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, results: str, marker: str = "results") -> None:
+    """Put ``results`` between the ``marker`` comments of ``path``, or at its end."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        text = f"{head}{start}\n{results}\n{end}{tail}"
+    else:
+        text = f"{text}\n{start}\n{results}\n{end}\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", required=True, type=Path, help="embedded kb database")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--last-night", default="2026-08-20")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "topics.md")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        result = run(args.db, args.corpus, args.last_night, Path(folder))
+    command = "python benchmarks/topics_quality.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    page = format_page(result, args.last_night, command)
+    write_results(args.output, page)
+    print(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
