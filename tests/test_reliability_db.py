@@ -26,7 +26,7 @@ from kb.db import open_db
 
 SEED = 20260820
 # Sources with several dated snapshots each, so a replay is many short runs
-# (about 250 posts over 27 snapshots) and a kill can land between any two.
+# (167 posts over 27 snapshots) and a kill can land between any two.
 SOURCES = (
     "anthropic-engineering",
     "google-deepmind-blog",
