@@ -186,9 +186,16 @@ def add_copy(db, source, number: int) -> int:
 
 def measure_latency(db, queries: list[str], repeat: int) -> dict:
     """Time every query in every mode and backend; return p50/p95 in ms."""
+    from kb.embed import get_embedder
     from kb.search import search
 
-    report = {}
+    embedder = get_embedder()
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        embedder.encode([query])
+        timings.append((time.perf_counter() - started) * 1000)
+    report = {"query embedding alone": percentiles(timings)}
     for backend in ("sqlite-vec", "numpy"):
         os.environ["KB_VECTORS"] = backend
         for mode in MODES:
@@ -213,6 +220,11 @@ def percentiles(timings: list[float]) -> dict:
         "p50_ms": round(statistics.median(ordered), 1),
         "p95_ms": round(p95, 1),
     }
+
+
+def progress(name: str, value) -> None:
+    """Print one finished measurement to stderr, so a cut-short run keeps it."""
+    print(json.dumps({name: value}), file=sys.stderr, flush=True)
 
 
 def read_queries(path: Path) -> list[str]:
@@ -263,11 +275,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         report["throughput"] = measure_throughput(args.db, scratch, args.sample_posts)
+        progress("throughput", report["throughput"])
         report["noop_embed"] = measure_noop_embed(args.db, scratch)
+        progress("noop_embed", report["noop_embed"])
         db = copy_db(args.db, scratch / "scaled.db")
         for target in (0, args.scale):
             if target:
+                scaling_started = time.perf_counter()
                 scale_up(db, target)
+                progress("scale_up_seconds", time.perf_counter() - scaling_started)
             report["latency"].append(
                 {
                     "posts": db.execute("SELECT count(*) FROM posts").fetchone()[0],
@@ -275,6 +291,7 @@ def main(argv=None) -> int:
                     "modes": measure_latency(db, queries, args.repeat),
                 }
             )
+            progress("latency", report["latency"][-1])
         db.close()
         shutil.rmtree(scratch, ignore_errors=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
