@@ -212,6 +212,32 @@ def measure_latency(db, queries: list[str], repeat: int) -> dict:
     return report
 
 
+def measure_ivf_recall(db, queries: list[str]) -> float | None:
+    """Return the mean share of the exact top 10 posts that the cluster scan finds.
+
+    None when the database is too small to be split into clusters.
+    """
+    from kb import vectors
+    from kb.embed import get_embedder
+
+    if vectors.cached_centroids(db) is None:
+        return None
+    embedder = get_embedder()
+    shares = []
+    for query in queries:
+        query_vector = embedder.encode([query])[0]
+        approximate = vectors.nearest_posts(db, query_vector, 10)
+        default_probes = vectors.IVF_PROBES
+        vectors.IVF_PROBES = 10**9
+        try:
+            exact = vectors.nearest_posts(db, query_vector, 10)
+        finally:
+            vectors.IVF_PROBES = default_probes
+        found = {post_id for post_id, _ in approximate}
+        shares.append(len(found & {post_id for post_id, _ in exact}) / len(exact))
+    return round(sum(shares) / len(shares), 3)
+
+
 def percentiles(timings: list[float]) -> dict:
     ordered = sorted(timings)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -255,6 +281,12 @@ def report_markdown(report: dict) -> str:
                 f"| {size['posts']} | {size['vectors']} | {mode} | "
                 f"{numbers['p50_ms']} | {numbers['p95_ms']} |"
             )
+    for size in report["latency"]:
+        if size["ivf_recall_at_10"] is not None:
+            out.append(
+                f"Cluster scan at {size['posts']} posts finds "
+                f"{size['ivf_recall_at_10']} of the exact top 10 on average."
+            )
     out += ["", f"Peak RSS: {report['peak_rss_mb']} MB; total {report['seconds']} s."]
     return "\n".join(out)
 
@@ -289,6 +321,7 @@ def main(argv=None) -> int:
                     "posts": db.execute("SELECT count(*) FROM posts").fetchone()[0],
                     "vectors": db.execute("SELECT count(*) FROM vectors").fetchone()[0],
                     "modes": measure_latency(db, queries, args.repeat),
+                    "ivf_recall_at_10": measure_ivf_recall(db, queries),
                 }
             )
             progress("latency", report["latency"][-1])
