@@ -45,6 +45,8 @@ def ingest(db_path, sources, quiet, no_embed, model):
         kb ingest
         kb ingest --from ../corpus/feeds --db data/kb.db
     """
+    if any(not path.strip() for path in sources):
+        raise click.BadParameter("empty path", param_hint="--from")
     missing = [path for path in sources if not is_url(path) and not Path(path).exists()]
     if missing:
         raise click.BadParameter(

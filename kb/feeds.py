@@ -123,13 +123,19 @@ def current_failures(db: sqlite_utils.Database, feed: dict) -> int:
 
 
 def due_feeds(db: sqlite_utils.Database, now: datetime) -> list[dict]:
-    """Return the active feeds whose next attempt is unset or not in the future."""
+    """Return the active feeds whose next attempt is unset or not in the future.
+
+    Sources known only from replayed files (``file:`` URLs) are never due.
+    """
     feeds = db.query("SELECT * FROM feeds WHERE status = 'active' ORDER BY id")
     return [
         feed
         for feed in feeds
-        if not feed["next_fetch_after"]
-        or parse_timestamp(feed["next_fetch_after"]) <= as_utc(now)
+        if feed["url"].startswith(("http://", "https://"))
+        and (
+            not feed["next_fetch_after"]
+            or parse_timestamp(feed["next_fetch_after"]) <= as_utc(now)
+        )
     ]
 
 

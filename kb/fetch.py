@@ -491,7 +491,10 @@ def next_attempt_after(
     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**doublings)
     delay *= 1 - 0.25 * (rng or random).random()
     if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(timedelta(seconds=retry_after), RETRY_AFTER_CAP))
+        # Cap before building the timedelta: "Retry-After: 99999999999999999999"
+        # overflows it.
+        seconds = min(retry_after, RETRY_AFTER_CAP.total_seconds())
+        delay = max(delay, timedelta(seconds=seconds))
     return now + delay
 
 

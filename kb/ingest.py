@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
@@ -335,7 +335,7 @@ def snapshots_under(path: str) -> Iterator[Snapshot]:
 
 def snapshot_for_file(path: Path) -> Snapshot:
     match = SNAPSHOT_NAME.match(path.name)
-    if match:
+    if match and is_valid_date(match[1]):
         return Snapshot(
             slug=slugify(path.parent.name), location=str(path), date=match[1]
         )
@@ -617,6 +617,15 @@ def refresh_derived(
     )
     yield f"Topics: {update_topics(db, model_name)}"
     yield f"Themes: {assign_themes(db, model_name=model_name)}"
+
+
+def is_valid_date(text: str) -> bool:
+    """Tell whether a snapshot file name holds a real date (not 2024-13-45)."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def is_url(value: str) -> bool:

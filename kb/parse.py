@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
@@ -51,6 +51,8 @@ TRACKING_PREFIXES = ("utm_", "pk_", "hsa_", "ns_", "wt_")
 # Dates before this are placeholders such as the Unix epoch, not publication
 # dates (an RSS item with <dc:date>0</dc:date> parses as 1970-01-01).
 EARLIEST_PLAUSIBLE_YEAR = 1991
+# Clock skew and time zones put honest dates at most a day or two ahead.
+LATEST_PLAUSIBLE_AHEAD = timedelta(days=7)
 SUMMARY_CHARS = 600
 # An href or src whose value is not already absolute. The lookahead covers the
 # optional quote too, so a quoted absolute URL never matches by backtracking.
@@ -175,6 +177,9 @@ def parse_entry(
     link = entry_link(entry)
     if link and link_base and not absolute(link):
         link = urljoin(link_base, link)
+    if link and urlsplit(link).scheme.lower() not in ("http", "https"):
+        # A javascript:, data: or still-relative link must never reach a page.
+        link = None
     title = detail_text(entry, "title") or None
     if link and not is_web_link(link):
         # A javascript: link would run the feed's script wherever the post
@@ -293,6 +298,9 @@ def entry_date(entry, key: str) -> str | None:
         return None
     # feedparser normalises every date to UTC in a time.struct_time.
     moment = datetime.fromtimestamp(calendar.timegm(parsed), tz=timezone.utc)
+    if moment > datetime.now(timezone.utc) + LATEST_PLAUSIBLE_AHEAD:
+        # A date such as 9999-12-31 is a placeholder, not a publication date.
+        return None
     return moment.isoformat()
 
 

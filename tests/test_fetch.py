@@ -598,3 +598,14 @@ def test_backoff_ignores_smaller_retry_after():
 def test_backoff_caps_retry_after_at_a_week():
     at = next_attempt_after(1, 10**9, NOW)
     assert at == NOW + timedelta(days=7)
+
+
+def test_huge_retry_after_is_capped():
+    from datetime import datetime, timedelta, timezone
+
+    from kb.fetch import RETRY_AFTER_CAP, next_attempt_after
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    later = next_attempt_after(1, 1e20, now)
+    assert later - now <= RETRY_AFTER_CAP
+    assert later - now > timedelta(days=1)

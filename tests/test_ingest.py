@@ -182,3 +182,26 @@ def test_killed_ingest_leaves_no_duplicate_or_half_post(corpus_dir, tmp_path):
     assert total == len(
         {scoring_link(row[0]) for row in db.execute("select url from posts")}
     )
+
+
+def test_invalid_snapshot_date_is_not_a_night(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "2024-13-45.xml").write_text("<rss/>")
+    nights = plan_replay([str(tmp_path)])
+    assert [label for label, _ in nights] == ["files"]
+
+
+def test_empty_from_path_is_a_usage_error(db_file):
+    result = CliRunner().invoke(cli, ["ingest", "--from", "", "--db", str(db_file)])
+    assert result.exit_code == 2
+    assert "empty path" in result.output
+
+
+def test_replayed_file_source_is_never_fetched(tricky_dir, fresh_db):
+    from datetime import datetime, timezone
+
+    from kb.feeds import due_feeds
+
+    ingest_paths(fresh_db, [str(tricky_dir / "feed-rs" / "atom_relative.xml")])
+    due = due_feeds(fresh_db, datetime.now(timezone.utc))
+    assert all(feed["url"].startswith(("http://", "https://")) for feed in due)

@@ -163,3 +163,18 @@ def test_absolute_links_in_content_are_left_alone():
     </item></channel></rss>"""
     html = parse_feed(rss, name="abs.xml").entries[0].content_html
     assert 'href="https://b.example/x"' in html
+
+
+def test_javascript_entry_link_is_dropped():
+    rss = b"""<rss version="2.0"><channel><item><title>x</title>
+    <link>javascript:alert(document.domain)</link></item></channel></rss>"""
+    entry = parse_feed(rss, name="js.xml").entries[0]
+    assert entry.link is None
+    assert entry.url is None
+
+
+def test_far_future_date_is_treated_as_missing():
+    rss = b"""<rss version="2.0"><channel><item><title>t</title>
+    <link>https://a.example/1</link><pubDate>Fri, 31 Dec 9999 00:00:00 GMT</pubDate>
+    </item></channel></rss>"""
+    assert parse_feed(rss, name="future.xml").entries[0].published is None
