@@ -81,7 +81,7 @@ def cli(verbose):
 
     \b
     Example:
-        kb ingest --from ../corpus/feeds
+        kb ingest --from ../shared/corpus/feeds
         kb search "multi-AZ failover"
         kb serve
     """

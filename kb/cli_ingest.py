@@ -43,7 +43,7 @@ def ingest(db_path, sources, quiet, no_embed, model):
     \b
     Example:
         kb ingest
-        kb ingest --from ../corpus/feeds --db data/kb.db
+        kb ingest --from ../shared/corpus/feeds --db data/kb.db
     """
     if any(not path.strip() for path in sources):
         raise click.BadParameter("empty path", param_hint="--from")
