@@ -29,13 +29,20 @@ from kb.cli import db_option, reports_errors
     help="Embedding model for semantic search  [default: the bundled all-MiniLM-L6-v2]",
 )
 @click.option(
+    "--sql-time-limit-ms",
+    type=click.IntRange(min=1),
+    default=serving.DEFAULT_SQL_TIME_LIMIT_MS,
+    show_default=True,
+    help="Time limit of each SQL query and saved query, search included, in ms",
+)
+@click.option(
     "--metadata",
     "metadata_path",
     type=click.Path(exists=True, dir_okay=False),
     help="Datasette metadata file  [default: metadata.yml of this project]",
 )
 @reports_errors
-def serve(db_path, host, port, model, metadata_path):
+def serve(db_path, host, port, model, sql_time_limit_ms, metadata_path):
     """Serve the knowledge base read-only with Datasette.
 
     Opens the search page at /-/kb/search, post pages, the daily digest, and
@@ -48,5 +55,10 @@ def serve(db_path, host, port, model, metadata_path):
         kb serve -d data/kb.db --port 8080
     """
     serving.serve(
-        db_path, host=host, port=port, metadata_path=metadata_path, model=model
+        db_path,
+        host=host,
+        port=port,
+        metadata_path=metadata_path,
+        model=model,
+        settings={"sql_time_limit_ms": sql_time_limit_ms},
     )

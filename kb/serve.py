@@ -21,6 +21,8 @@ METADATA_DATABASE = "kb"
 DEFAULT_METADATA = Path(__file__).resolve().parent.parent / "metadata.yml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
+# Datasette's own default.
+DEFAULT_SQL_TIME_LIMIT_MS = 1000
 
 
 def load_metadata(path: str | os.PathLike | None = None) -> dict:
@@ -93,6 +95,7 @@ def serve(
     port: int = DEFAULT_PORT,
     metadata_path: str | os.PathLike | None = None,
     model: str | None = None,
+    settings: dict | None = None,
 ) -> None:
     """Serve the knowledge base until interrupted.
 
@@ -101,7 +104,9 @@ def serve(
     """
     import uvicorn
 
-    datasette = build_datasette(db_path, metadata_path=metadata_path, model=model)
+    datasette = build_datasette(
+        db_path, metadata_path=metadata_path, model=model, settings=settings
+    )
     start(datasette)
     logger.info("serving %s on http://%s:%s/-/kb/search", db_path, host, port)
     uvicorn.run(datasette.app(), host=host, port=port, lifespan="on", log_level="info")

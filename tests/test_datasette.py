@@ -145,6 +145,7 @@ def test_serve_command_help():
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0
     assert "--model" in result.output
+    assert "--sql-time-limit-ms" in result.output
     assert "Example:" in result.output
 
 
@@ -183,6 +184,13 @@ async def test_serves_file_with_vec0_index(tmp_path):
         assert response.status_code == 200, page
     rows = await query_rows(datasette, "search", q="lab pipeline", mode="semantic")
     assert rows[0]["title"] == "Our data pipeline for lab results"
+
+
+async def test_search_query_keeps_time_limit(kb_path):
+    datasette = build_datasette(kb_path, model=MODEL, settings={"sql_time_limit_ms": 1})
+    response = await datasette.client.get("/kb/search.json", params={"q": "failover"})
+    assert response.status_code == 400
+    assert response.json()["ok"] is False
 
 
 # Read-only -----------------------------------------------------------------

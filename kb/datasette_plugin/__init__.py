@@ -7,8 +7,10 @@ table), so other databases served next to them are left alone. Importing it
 turns off Datasette's rich tracebacks for the whole process (see below).
 """
 
+import asyncio
 import functools
 import logging
+import threading
 
 import datasette.handle_exception as datasette_handle_exception
 from datasette import hookimpl
@@ -20,6 +22,8 @@ from kb.datasette_plugin.utils import is_kb_connection
 from kb.errors import KbError
 
 logger = logging.getLogger(__name__)
+
+WARM_UP_TIMEOUT_S = 60
 
 # Datasette 0.65.5's default handle_exception prints every exception, 404s
 # included, with rich's print_exception(show_locals=True) when rich can be
@@ -54,10 +58,7 @@ def startup(datasette):
         # wait for them, and check the model against the stored vectors.
         try:
             for name in kb_databases:
-                path = datasette.databases[name].path
-                await datasette.databases[name].execute_fn(
-                    lambda conn, path=path: functions.warm_up(path, datasette)
-                )
+                await warm_up_every_thread(datasette, datasette.databases[name])
         except KbError as error:
             raise StartupError(str(error)) from error
         logger.info(
@@ -67,6 +68,32 @@ def startup(datasette):
         )
 
     return check_and_load
+
+
+async def warm_up_every_thread(datasette, database) -> None:
+    """Run a first search on each of Datasette's SQL threads.
+
+    The first search loads the shared vectors; the others open each thread's
+    search connection and run the model once in that thread, which is slow
+    the first time. Raises ModelError when the stored vectors come from
+    another model.
+    """
+    await database.execute_fn(lambda conn: functions.warm_up(database.path, datasette))
+    threads = datasette.setting("num_sql_threads")
+    if threads < 2:
+        return
+    # Each task holds its thread at the barrier until all have started, so
+    # the tasks run on as many different threads.
+    barrier = threading.Barrier(threads, timeout=WARM_UP_TIMEOUT_S)
+
+    def warm_up_thread(conn):
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            logger.warning("warm-up: not every SQL thread started in time")
+        functions.warm_up(database.path, datasette)
+
+    await asyncio.gather(*(database.execute_fn(warm_up_thread) for _ in range(threads)))
 
 
 def check_read_only_queries(datasette, database: str) -> None:
