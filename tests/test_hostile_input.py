@@ -419,17 +419,14 @@ SEARCH_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 MODES = ["hybrid", "keyword", "semantic"]
-# Invalid input makes Datasette 0.65.5 print a rich traceback with locals
-# (about 0.5 s of CPU each), so the tests through Datasette run fewer examples.
-DATASETTE_SETTINGS = settings(SEARCH_SETTINGS, max_examples=30)
 
 
 @pytest.fixture(scope="module")
 def embedded_corpus(corpus_db_path, tmp_path_factory):
     """A copy of the corpus database with vectors from the hash:64 test model.
 
-    Nothing searches this file: a search through the library can add a vec0
-    table, which Datasette cannot read, so each user gets its own copy.
+    Nothing searches this file. Each user gets its own copy, because a search
+    through the library may write (it can add a vec0 index to the file).
     """
     from kb.embed import embed_posts
 
@@ -524,7 +521,7 @@ def assert_no_server_error(response) -> None:
     assert "Traceback" not in response.text
 
 
-@DATASETTE_SETTINGS
+@SEARCH_SETTINGS
 @given(
     query=st.sampled_from(sorted(saved_queries())),
     values=st.lists(SEARCH_TEXT, min_size=6, max_size=6),
@@ -536,7 +533,7 @@ def test_saved_queries_any_text(search_datasette, query, values, extension):
     assert_no_server_error(fetch_page(search_datasette, path))
 
 
-@DATASETTE_SETTINGS
+@SEARCH_SETTINGS
 @given(
     page=st.sampled_from(sorted(KB_PAGES)),
     values=st.lists(SEARCH_TEXT, min_size=6, max_size=6),
@@ -546,9 +543,7 @@ def test_kb_pages_any_text(search_datasette, page, values):
     assert_no_server_error(fetch_page(search_datasette, f"{page}?{urlencode(params)}"))
 
 
-# Each invalid id is a 404, and Datasette 0.65.5 prints every error with
-# rich's show_locals traceback (about 0.5 s of CPU), so fewer examples here.
-@settings(SEARCH_SETTINGS, max_examples=15)
+@SEARCH_SETTINGS
 @given(post_id=SEARCH_TEXT)
 def test_post_page_any_id(search_datasette, post_id):
     from urllib.parse import quote
