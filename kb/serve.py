@@ -41,7 +41,7 @@ def load_metadata(path: str | os.PathLike | None = None) -> dict:
     except yaml.YAMLError as error:
         raise ConfigError(f"Invalid YAML in metadata file {path}: {error}") from error
     if not isinstance(metadata, dict):
-        raise ConfigError(f"Metadata file {path} must hold a YAML mapping.")
+        raise ConfigError(f"Metadata file {path} must contain a YAML mapping.")
     return metadata
 
 

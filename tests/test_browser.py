@@ -76,7 +76,7 @@ def wait_until_up(base: str, process: subprocess.Popen) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"kb serve did not answer on {base} in {START_TIMEOUT_S}s")
+    raise RuntimeError(f"kb serve did not respond on {base} in {START_TIMEOUT_S}s")
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +216,11 @@ def test_saved_query_form_without_params(server, page):
     assert page.locator("input[name=date]").count() == 1
     assert "Daily digest" in page.inner_text("h1")
     screenshot(page, "daily-digest-query")
+
+
+def test_search_query_highlights(server, page):
+    page.goto(f"{server}/kb/search?q=failover&mode=keyword")
+    assert page.locator("td mark").count() > 0
+    assert page.locator("a[href='/-/kb/post/1']").count() == 1
+    screenshot(page, "search-query")
+    assert_no_script_ran(page)
