@@ -309,8 +309,10 @@ def plan_replay(paths: list[str]) -> list[tuple[str, list[Snapshot]]]:
             else:
                 undated.append(snapshot)
     nights = [("files", undated)] if undated else []
-    for date in sorted(dated):
-        nights.append((date, sorted(dated[date], key=lambda snapshot: snapshot.slug)))
+    for night_date in sorted(dated):
+        nights.append(
+            (night_date, sorted(dated[night_date], key=lambda snapshot: snapshot.slug))
+        )
     return nights
 
 
@@ -337,9 +339,13 @@ def snapshot_for_file(path: Path) -> Snapshot:
     match = SNAPSHOT_NAME.match(path.name)
     if match and is_valid_date(match[1]):
         return Snapshot(
-            slug=slugify(path.parent.name), location=str(path), date=match[1]
+            slug=feed_sources.slugify(path.parent.name),
+            location=str(path),
+            date=match[1],
         )
-    return Snapshot(slug=slugify(f"{path.parent.name}-{path.stem}"), location=str(path))
+    return Snapshot(
+        slug=feed_sources.slugify(f"{path.parent.name}-{path.stem}"), location=str(path)
+    )
 
 
 def replay_snapshot(
@@ -620,7 +626,7 @@ def refresh_derived(
 
 
 def is_valid_date(text: str) -> bool:
-    """Tell whether a snapshot file name holds a real date (not 2024-13-45)."""
+    """Tell whether a snapshot file name contains a real date (not 2024-13-45)."""
     try:
         date.fromisoformat(text)
     except ValueError:
@@ -633,11 +639,7 @@ def is_url(value: str) -> bool:
 
 
 def slug_for_url(url: str) -> str:
-    return slugify(re.sub(r"^https?://", "", url))
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "feed"
+    return feed_sources.slugify(re.sub(r"^https?://", "", url))
 
 
 def db_file(db: sqlite_utils.Database) -> str:
