@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from datasette.app import Datasette
 from datasette.utils import StartupError
+from sqlite_utils.utils import sqlite3
 
 from kb import config
 from kb.db import open_db
@@ -23,6 +24,19 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 # Datasette's own default.
 DEFAULT_SQL_TIME_LIMIT_MS = 1000
+# Datasette settings that kb serve changes; the caller's settings win.
+# suggest_facets: on a table page Datasette otherwise tries each column as a
+# facet, about 40 extra queries per page, which cost a second of SQL time on
+# posts_view at 100,000 posts (docs/benchmarks/serve.md).
+DEFAULT_SETTINGS = {"suggest_facets": False}
+# Indexes that the pages and saved queries of metadata.yml need and migrations
+# do not create. posts (feed_id, published) covers the company and year facets
+# of posts_view and the per-feed newest post of feed_health, so they read the
+# index instead of every post row.
+SERVING_INDEXES = {
+    "posts_feed_published": "CREATE INDEX IF NOT EXISTS posts_feed_published "
+    "ON posts (feed_id, published)",
+}
 
 
 def load_metadata(path: str | os.PathLike | None = None) -> dict:
@@ -71,21 +85,53 @@ def build_datasette(
 ) -> Datasette:
     """Create the Datasette app for a knowledge base, migrating the file first.
 
-    Pending migrations run here, with a normal connection, because every
-    connection Datasette opens to the file is read-only.
+    Pending migrations run here, and missing SERVING_INDEXES are created,
+    with a normal connection, because every connection Datasette opens to the
+    file is read-only.
 
     Raises DatabaseError when the file does not exist and ConfigError for a
     bad metadata file.
     """
     path = config.db_path(db_path)
-    open_db(path, create=False).close()
+    prepare_database(path)
     metadata = metadata_for(load_metadata(metadata_path), path.stem, model)
     return Datasette(
         [str(path)],
         metadata=metadata,
-        settings=settings or {},
+        settings={**DEFAULT_SETTINGS, **(settings or {})},
         cors=False,
     )
+
+
+def prepare_database(path: Path) -> None:
+    """Migrate the database at ``path`` and create the SERVING_INDEXES it lacks.
+
+    Raises DatabaseError when the file does not exist or cannot be migrated.
+    A missing index only makes some pages slower, so a file where it cannot
+    be created is served without it, with a warning.
+    """
+    db = open_db(path, create=False)
+    try:
+        add_missing_indexes(db, path)
+    finally:
+        db.close()
+
+
+def add_missing_indexes(db, path: Path) -> None:
+    # NOTE: these indexes live outside kb.migrations, so only kb serve creates
+    # them; a plain ``datasette`` on a file kb serve never opened lacks them.
+    rows = db.execute("select name from sqlite_master where type = 'index'")
+    existing = {row[0] for row in rows}
+    for name, sql in SERVING_INDEXES.items():
+        if name in existing:
+            continue
+        try:
+            with db.conn:
+                db.execute(sql)
+        except sqlite3.DatabaseError as error:
+            logger.warning("cannot create index %s in %s: %s", name, path, error)
+            continue
+        logger.info("created index %s", name)
 
 
 def serve(

@@ -57,6 +57,8 @@ def startup(datasette):
         # Load the model and the vectors now, so the first search does not
         # wait for them, and check the model against the stored vectors.
         try:
+            functions.load_embedder(datasette)
+            functions.limit_model_threads(datasette)
             for name in kb_databases:
                 await warm_up_every_thread(datasette, datasette.databases[name])
         except KbError as error:
