@@ -93,12 +93,22 @@ def test_load_themes_missing_file(tmp_path):
 # Scoring helpers
 
 
-def test_select_members_picks_outstanding_scores():
-    scores = np.linspace(-2.5, 2.5, 500)
-    scores[[7, 99, 300]] = [5.0, 4.0, 3.5]
+def test_select_members_cut_follows_best_posts():
+    scores = np.linspace(-1.0, 1.0, 500)
+    scores[:10] = 6.0  # the best posts: the cut is 0.44 * 6.0 = 2.64
+    scores[[100, 200]] = [3.0, 2.5]
     rows, threshold = theme_scores.select_members(scores)
-    assert rows.tolist() == [7, 99, 300]
-    assert threshold == theme_scores.MEMBER_Z
+    assert threshold == pytest.approx(theme_scores.MEMBER_SHARE * 6.0)
+    assert sorted(rows.tolist()) == [*range(10), 100]
+    assert rows[-1] == 100
+
+
+def test_select_members_cut_has_floor():
+    scores = np.linspace(-1.0, 1.0, 500)
+    scores[[7, 99]] = [2.5, 1.9]
+    rows, threshold = theme_scores.select_members(scores)
+    assert threshold == theme_scores.MIN_MEMBER_Z
+    assert rows.tolist() == [7]
 
 
 def test_select_members_empty():
@@ -126,6 +136,81 @@ def test_lexical_scores_prefer_rare_theme_words():
     assert scores[1] > 0
     assert scores[2] == 0
     assert scores[3] == 0
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Pop Song Generators, 3D Mesh Generators, Real-World Benchmarks",
+        "Bengio Speaks; LAION Tests Copyright Law; Abu Dhabi Develops Top Model",
+        "The Batch: Predicting Violence, DeepNude, Preparing For Robots, Medical AI",
+    ],
+)
+def test_is_digest_headline_lists(title):
+    assert theme_scores.is_digest(title)
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Reproducible, Verifiable, Verified Builds",
+        "Shutdowns, power outages, and conflict: a review of Q1 2026",
+        "Building an open Agentic Internet: readable, discoverable, and payable",
+        "Core dump epidemiology: fixing an 18-year-old bug",
+        "",
+        None,
+    ],
+)
+def test_is_digest_ordinary_titles(title):
+    assert not theme_scores.is_digest(title)
+
+
+def test_lexical_document_of_digest_drops_title():
+    title = "Robots Learn, Chips Shrink, Models Talk"
+    assert theme_scores.lexical_document(title, "Editorial on evals.") == (
+        "Editorial on evals."
+    )
+    assert theme_scores.lexical_document("Evals at scale", "Body") == (
+        "Evals at scale\nEvals at scale\nBody"
+    )
+    assert theme_scores.lexical_document(None, None) == "\n\n"
+
+
+def test_best_rows_per_column():
+    scores = np.array([[0.1, 9.0], [5.0, 0.2], [4.0, 8.0], [0.0, 0.0]])
+    best = theme_scores.best_rows(scores, 2)
+    assert sorted(best[:, 0].tolist()) == [1, 2]
+    assert sorted(best[:, 1].tolist()) == [0, 2]
+    assert theme_scores.best_rows(scores, 10).shape == (4, 2)
+
+
+def test_vector_feedback_moves_towards_best_posts():
+    vectors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    corpus = theme_scores.Corpus(np.arange(3), vectors, vectors, ["", "", ""], "m")
+    query = np.array([[1.0, 0.0, 0.0]])
+    moved = theme_scores.vector_feedback(corpus, query, np.array([[1]]))
+    assert np.linalg.norm(moved[0]) == pytest.approx(1.0)
+    assert moved[0] @ vectors[1] > query[0] @ vectors[1]
+    assert moved[0] @ vectors[2] == 0
+
+
+def test_lexical_feedback_adds_best_post_words():
+    documents = [
+        "outage postmortem of the router",
+        "outage postmortem of the router fleet",
+        "hiring update",
+        "hiring culture",
+    ]
+    index = theme_scores.lexical_index(documents)
+    query = index.queries(["outage"])
+    moved = theme_scores.lexical_feedback(index.matrix, query, np.array([[0]]))
+    before = index.scores(query, 4, 1)[:, 0]
+    after = index.scores(moved, 4, 1)[:, 0]
+    router = index.vectorizer.vocabulary_["router"]
+    assert query[0, router] == 0
+    assert moved[0, router] > 0
+    assert after[1] > before[1]
+    assert after[2] == 0
 
 
 def test_lexical_scores_single_document():
@@ -344,24 +429,21 @@ def dev_theme_results(corpus_db_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_dev_themes_above_floor(dev_theme_results):
-    # Measured with the bundled all-MiniLM-L6-v2: precision 0.84, 0.74, 0.50
-    # and recall 0.50, 0.74, 0.69. A drop below these floors is a regression.
-    for theme in dev_theme_results:
-        assert theme["precision"] >= 0.45, theme
-        assert theme["recall"] >= 0.45, theme
+    # Measured with the bundled all-MiniLM-L6-v2: precision 0.85, 0.74, 0.83
+    # and recall 0.72, 0.74, 0.77. A drop below these floors is a regression.
     mean_precision = sum(t["precision"] for t in dev_theme_results) / 3
     mean_recall = sum(t["recall"] for t in dev_theme_results) / 3
-    assert mean_precision >= 0.65
-    assert mean_recall >= 0.6
+    assert mean_precision >= 0.75
+    assert mean_recall >= 0.7
+    for theme in dev_theme_results:
+        assert theme["precision"] >= 0.6, theme
+        assert theme["recall"] >= 0.6, theme
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="target not reached: 2 of 3 dev themes are below 0.7 in precision "
-    "or recall with all-MiniLM-L6-v2",
-    strict=False,
-)
 def test_dev_themes_reach_targets(dev_theme_results):
+    # NOTE: met with little margin. Held-out checks (settings chosen on two
+    # dev themes, scored on the third) miss it; see docs/benchmarks/topics.md.
     for theme in dev_theme_results:
         assert theme["precision"] >= 0.7, theme
         assert theme["recall"] >= 0.7, theme
