@@ -5,6 +5,7 @@ database; the timings themselves are in benchmarks/serve_speed.py.
 """
 
 import logging
+import time
 
 import pytest
 import yaml
@@ -186,3 +187,63 @@ async def test_model_threads_set_on_torch(kb_path, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", [0, -2, "four", False])
+async def test_invalid_search_concurrency_stops_startup(kb_path, tmp_path, value):
+    metadata_path = write_metadata(tmp_path, search_concurrency=value)
+    datasette = build_datasette(kb_path, metadata_path=metadata_path, model=MODEL)
+    with pytest.raises(StartupError, match="search_concurrency"):
+        await datasette.invoke_startup()
+
+
+async def test_search_concurrency_bounds_searches(kb_path, tmp_path):
+    # With one slot, a second acquire fails while the slot is taken. A search
+    # afterwards answers and gives the slot back.
+    from kb.datasette_plugin import functions
+
+    metadata_path = write_metadata(tmp_path, search_concurrency=1)
+    datasette = build_datasette(kb_path, metadata_path=metadata_path, model=MODEL)
+    await datasette.invoke_startup()
+    slots = functions.search_slots(datasette)
+    assert slots.acquire(blocking=False)
+    try:
+        assert not slots.acquire(blocking=False)
+    finally:
+        slots.release()
+    response = await datasette.client.get(
+        "/kb/search.json", params={"q": "failover", "_shape": "array"}
+    )
+    assert response.status_code == 200
+    assert response.json()
+    assert slots.acquire(blocking=False)
+    slots.release()
+
+
+async def test_search_waits_for_a_slot(kb_path, tmp_path):
+    import threading
+
+    from kb.datasette_plugin import functions
+
+    metadata_path = write_metadata(tmp_path, search_concurrency=1)
+    datasette = build_datasette(kb_path, metadata_path=metadata_path, model=MODEL)
+    await datasette.invoke_startup()
+    slots = functions.search_slots(datasette)
+    slots.acquire()
+    threading.Timer(0.5, slots.release).start()
+    started = time.perf_counter()
+    response = await datasette.client.get(
+        "/kb/search.json", params={"q": "failover", "_shape": "array"}
+    )
+    # The search ran only after the slot came free, and inside the time limit.
+    assert time.perf_counter() - started >= 0.5
+    assert response.status_code == 200
+    assert response.json()
+    assert slots.acquire(blocking=False)
+    slots.release()
+
+
+def test_search_concurrency_defaults_to_cpus(datasette):
+    from kb.datasette_plugin import functions
+
+    assert functions.search_concurrency(datasette) == functions.available_cpus()

@@ -59,6 +59,7 @@ def startup(datasette):
         try:
             functions.load_embedder(datasette)
             functions.limit_model_threads(datasette)
+            functions.search_slots(datasette)
             for name in kb_databases:
                 await warm_up_every_thread(datasette, datasette.databases[name])
         except KbError as error:

@@ -12,8 +12,11 @@ results as a JSON array that a query unpacks with ``json_each``::
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sys
+import threading
+import weakref
 
 import markupsafe
 import numpy as np
@@ -32,6 +35,9 @@ MAX_LIMIT = 100
 # Longer queries are cut: they add nothing to a search and cost embedding time.
 MAX_QUERY_CHARS = 500
 DEFAULT_MODEL_THREADS = 1
+
+# Per Datasette instance: the semaphore of search_slots().
+_search_slots: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def register(conn, datasette, path: str) -> None:
@@ -66,7 +72,7 @@ def limit_model_threads(datasette) -> None:
 
     Datasette already runs searches on several SQL threads at once. With
     torch's default of one thread per core on top of that, the threads spin
-    against each other: on a busy 2-core machine embedding one query took
+    against each other. On a busy 2-core machine, embedding one query took
     670 ms with 2 torch threads and 38 ms with 1. The plugin setting
     ``model_threads`` changes the count; it applies to the whole process.
     """
@@ -83,6 +89,48 @@ def limit_model_threads(datasette) -> None:
         return  # the model in use does not run on torch
     sys.modules["torch"].set_num_threads(threads)
     logger.info("query embeddings use %d torch thread(s)", threads)
+
+
+def search_slots(datasette) -> threading.Semaphore:
+    """Return the semaphore that bounds how many searches run at once.
+
+    Datasette runs queries on several SQL threads (3 by default), and a search
+    is CPU work: query embedding, a vector scan and bm25. More searches than
+    cores at once only share the cores, so each takes longer and more of them
+    run past the SQL time limit. The plugin setting ``search_concurrency``
+    sets the bound; the default is the number of CPUs the process may use. A
+    search waiting for a slot counts against the SQL time limit of a saved
+    query.
+    """
+    slots = _search_slots.get(datasette)
+    if slots is None:
+        slots = threading.Semaphore(search_concurrency(datasette))
+        slots = _search_slots.setdefault(datasette, slots)
+    return slots
+
+
+def search_concurrency(datasette) -> int:
+    """Return the plugin's ``search_concurrency`` setting, else the CPU count.
+
+    Raises ConfigError when the setting is not a whole number of at least 1.
+    """
+    plugin_config = datasette.plugin_config(PLUGIN_NAME) or {}
+    value = plugin_config.get("search_concurrency")
+    if value is None:
+        return available_cpus()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"Invalid kb plugin setting search_concurrency={value!r}: it must be "
+            "a whole number of at least 1."
+        )
+    return value
+
+
+def available_cpus() -> int:
+    """Return how many CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def warm_up(path: str, datasette) -> None:
@@ -104,7 +152,7 @@ def warm_up(path: str, datasette) -> None:
 
 def fts_query(text: str | None) -> str:
     """Return a safe FTS5 query for any user text, or '' when it has no terms."""
-    from kb.search import fts_query as build_fts_query
+    from kb.query import fts_query as build_fts_query
 
     return build_fts_query(str(text or "")[:MAX_QUERY_CHARS])
 
@@ -212,17 +260,18 @@ def run_search(
     """
     from kb.search import search
 
-    results = search(
-        search_db(path),
-        query,
-        mode=mode,
-        limit=limit,
-        source=company,
-        since=since,
-        until=until,
-        topic=topic,
-        model_name=model_name(datasette),
-    )
+    with search_slots(datasette):
+        results = search(
+            search_db(path),
+            query,
+            mode=mode,
+            limit=limit,
+            source=company,
+            since=since,
+            until=until,
+            topic=topic,
+            model_name=model_name(datasette),
+        )
     return [
         {
             "post_id": result.post_id,
