@@ -12,6 +12,7 @@ from datasette.utils import StartupError
 from sqlite_utils.utils import sqlite3
 
 from kb import config
+from kb.datasette_plugin.facet_cache import use_facet_cache
 from kb.db import open_db
 from kb.errors import ConfigError
 
@@ -24,11 +25,15 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 # Datasette's own default.
 DEFAULT_SQL_TIME_LIMIT_MS = 1000
-# Datasette settings that kb serve changes; the caller's settings win.
+# Datasette settings that kb serve changes. The caller's settings win.
 # suggest_facets: on a table page Datasette otherwise tries each column as a
 # facet, about 40 extra queries per page, which cost a second of SQL time on
 # posts_view at 100,000 posts (docs/benchmarks/serve.md).
-DEFAULT_SETTINGS = {"suggest_facets": False}
+# facet_time_limit_ms: the default facets of posts_view take 0.1 to 0.4 s each
+# at 100,000 posts, over Datasette's default of 200 ms. kb serve keeps their
+# results until the file changes (kb.datasette_plugin.facet_cache), so the
+# full cost is paid once per ingest for each set of filters.
+DEFAULT_SETTINGS = {"suggest_facets": False, "facet_time_limit_ms": 500}
 # Indexes that the pages and saved queries of metadata.yml need and migrations
 # do not create. posts (feed_id, published) covers the company and year facets
 # of posts_view and the per-feed newest post of feed_health, so they read the
@@ -95,12 +100,14 @@ def build_datasette(
     path = config.db_path(db_path)
     prepare_database(path)
     metadata = metadata_for(load_metadata(metadata_path), path.stem, model)
-    return Datasette(
+    datasette = Datasette(
         [str(path)],
         metadata=metadata,
         settings={**DEFAULT_SETTINGS, **(settings or {})},
         cors=False,
     )
+    use_facet_cache(datasette, datasette.get_database().name)
+    return datasette
 
 
 def prepare_database(path: Path) -> None:
@@ -118,8 +125,8 @@ def prepare_database(path: Path) -> None:
 
 
 def add_missing_indexes(db, path: Path) -> None:
-    # NOTE: these indexes live outside kb.migrations, so only kb serve creates
-    # them; a plain ``datasette`` on a file kb serve never opened lacks them.
+    # NOTE: these indexes live outside kb.migrations. Only kb serve creates
+    # them, so a plain ``datasette`` on a file kb serve never opened lacks them.
     rows = db.execute("select name from sqlite_master where type = 'index'")
     existing = {row[0] for row in rows}
     for name, sql in SERVING_INDEXES.items():
