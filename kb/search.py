@@ -7,12 +7,16 @@ rank fusion (RRF): a post at rank r in an arm adds ``weight / (RRF_K + r)``.
 
 import logging
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
+import numpy as np
+
 from kb import vectors
 from kb.errors import SearchError
-from kb.query import STOPWORDS, TOKEN, fts_query, query_phrases, query_terms
+from kb.query import STOPWORDS, TOKEN, query_phrases, query_terms
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +35,17 @@ SEMANTIC_WEIGHT = 1.3
 # of 1 to 3 gave the best hybrid results on the dev queries; 10 let titles
 # that share one query word crowd out the target.
 BM25_RANK = "bm25(3.0, 1.0)"
+# A query term is common when more than this share of the posts contain it,
+# and more than COMMON_TERM_MIN posts, so that a small database has none. The
+# keyword arm skips the posts that contain only common terms.
+COMMON_TERM_SHARE = 0.1
+COMMON_TERM_MIN = 100
 FILTERED_IDS = (
     "SELECT p.id FROM posts AS p JOIN feeds AS f ON f.id = p.feed_id WHERE {where}"
 )
+# Embeds the query of a hybrid search while the calling thread runs the
+# keyword arm. Both run at once because torch and SQLite release the GIL.
+_query_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-query")
 SNIPPET_CHARS = 200
 SNIPPET_SCAN_CHARS = 4000
 # Stop looking for a better snippet window after this many matching words.
@@ -125,12 +137,16 @@ def search(
     depth = max(limit, ARM_DEPTH) if mode == "hybrid" else limit
     keyword = []
     semantic = []
+    query_vector = None
+    if mode in ("hybrid", "semantic"):
+        query_vector = embed_query(
+            db, query, model_name, required=mode == "semantic", wait=mode != "hybrid"
+        )
     if mode in ("hybrid", "keyword"):
         keyword = keyword_ranking(db, query, depth, filters)
-    if mode in ("hybrid", "semantic"):
-        semantic = semantic_ranking(
-            db, query, depth, filters, model_name, required=mode == "semantic"
-        )
+    if query_vector is not None:
+        allowed = allowed_posts(db, filters)
+        semantic = vectors.nearest_posts(db, query_vector(), depth, allowed=allowed)
     fused = fuse(keyword, semantic, phrase_matches(db, query, filters))
     return describe(db, query, fused[:limit], keyword, semantic)
 
@@ -219,10 +235,30 @@ def allowed_posts(db, filters: Filters) -> set[int] | None:
 def keyword_ranking(
     db, query: str, depth: int, filters: Filters
 ) -> list[tuple[int, float]]:
-    """Rank posts by bm25 over their title and text; return (post id, -bm25)."""
-    match = fts_query(query)
-    if not match:
+    """Rank posts by bm25 over their title and text; return (post id, -bm25).
+
+    A post that contains none of the query's distinctive terms (see
+    :func:`split_terms`) is left out, which spares ranking the many posts
+    that contain only common words. Every other post gets the bm25 score of
+    the whole query. bm25 adds one share per term, so "rare AND common" and
+    "rare NOT common" score their posts exactly as "rare OR common" would.
+    """
+    terms = query_terms(query)
+    if not terms:
         return []
+    distinct, common = split_terms(db, terms)
+    if distinct and common:
+        rare = " OR ".join(distinct)
+        usual = " OR ".join(common)
+        ranked = bm25_ranking(db, f"({rare}) AND ({usual})", depth, filters)
+        ranked += bm25_ranking(db, f"({rare}) NOT ({usual})", depth, filters)
+        return sorted(ranked, key=lambda item: (-item[1], item[0]))[:depth]
+    return bm25_ranking(db, " OR ".join(terms), depth, filters)
+
+
+def bm25_ranking(
+    db, match: str, depth: int, filters: Filters
+) -> list[tuple[int, float]]:
     # "rank MATCH" lets FTS5 sort by its own rank column, about twice as fast
     # as ORDER BY bm25(...) in SQLite 3.51.
     sql = "SELECT rowid, -rank FROM posts_fts WHERE posts_fts MATCH ? AND rank MATCH ?"
@@ -234,15 +270,44 @@ def keyword_ranking(
     return [(row[0], row[1]) for row in db.execute(sql, [*params, depth])]
 
 
-def semantic_ranking(
-    db, query: str, depth: int, filters: Filters, model_name, *, required: bool
-) -> list[tuple[int, float]]:
-    """Rank posts by their best vector's cosine similarity; return (post id, it)."""
+def split_terms(db, terms: list[str]) -> tuple[list[str], list[str]]:
+    """Split query terms into distinctive ones and those that many posts contain.
+
+    A term is common when more than COMMON_TERM_SHARE of the posts, and more
+    than COMMON_TERM_MIN, contain it. Counting stops past that many matches,
+    so a common term costs a bounded scan.
+    """
+    if len(terms) < 2:
+        return terms, []
+    newest = db.execute("SELECT max(id) FROM posts").fetchone()[0] or 0
+    cap = max(COMMON_TERM_MIN, int(newest * COMMON_TERM_SHARE))
+    count = (
+        "SELECT count(*) FROM (SELECT 1 FROM posts_fts WHERE posts_fts MATCH ? LIMIT ?)"
+    )
+    distinct, common = [], []
+    for term in terms:
+        matches = db.execute(count, [term, cap + 1]).fetchone()[0]
+        if matches > cap:
+            common.append(term)
+        else:
+            distinct.append(term)
+    return distinct, common
+
+
+def embed_query(
+    db, query: str, model_name, *, required: bool, wait: bool = True
+) -> Callable[[], np.ndarray] | None:
+    """Start embedding ``query`` and return a function that gives its vector.
+
+    Returns None when the query has no words, or when the database has no
+    vectors and ``required`` is false. With ``wait`` false the embedding runs
+    on a worker thread and the returned function waits for it.
+    """
     from kb.embed import get_embedder
 
     text = " ".join(query.replace('"', " ").split())
     if not text:
-        return []
+        return None
     embedder = get_embedder(model_name)
     if vectors.stored_model(db)[0] is None:
         if required:
@@ -251,11 +316,13 @@ def semantic_ranking(
                 "Embed the posts with: kb embed"
             )
         logger.warning("no post vectors yet: hybrid search uses keywords only")
-        return []
+        return None
     vectors.check_model(db, embedder.name)
-    query_vector = embedder.encode([text])[0]
-    allowed = allowed_posts(db, filters)
-    return vectors.nearest_posts(db, query_vector, depth, allowed=allowed)
+    if wait:
+        vector = embedder.encode([text])[0]
+        return lambda: vector
+    pending = _query_encoder.submit(embedder.encode, [text])
+    return lambda: pending.result()[0]
 
 
 def phrase_matches(db, query: str, filters: Filters) -> set[int]:

@@ -10,11 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from search_fixtures import add_post, make_db, post_id_by_title
 
+import kb.search
 from kb.cli import cli
 from kb.embed import embed_posts
 from kb.errors import SearchError
 from kb.query import fts_query, query_terms
-from kb.search import KEYWORD_WEIGHT, RRF_K, SEMANTIC_WEIGHT, search
+from kb.search import (
+    KEYWORD_WEIGHT,
+    RRF_K,
+    SEMANTIC_WEIGHT,
+    Filters,
+    keyword_ranking,
+    search,
+    split_terms,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,6 +133,46 @@ def test_keyword_snippet_is_highlighted_and_escaped(tmp_path, fake_embedder):
     assert "<mark>templates</mark>" in result.snippet
     assert "&lt;b&gt;" in result.snippet
     assert "<b>" not in result.snippet
+
+
+def common_word_db(tmp_path, monkeypatch):
+    """120 posts that all say "platform", four that also name a rare word."""
+    monkeypatch.setattr(kb.search, "COMMON_TERM_MIN", 10)
+    db = make_db(tmp_path / "kb.db", posts=[])
+    feed = db["feeds"].get(1)["id"]
+    for number in range(120):
+        rare = " zanzibar" * (number % 30 == 0)
+        add_post(db, feed, f"Note {number}", None, f"platform team{rare} {number}")
+    return db
+
+
+def test_common_terms_are_split_from_distinctive_ones(tmp_path, monkeypatch):
+    db = common_word_db(tmp_path, monkeypatch)
+    distinct, common = split_terms(db, ['"platform"', '"zanzibar"'])
+    assert (distinct, common) == (['"zanzibar"'], ['"platform"'])
+    # A lone term is never split off, however common.
+    assert split_terms(db, ['"platform"']) == (['"platform"'], [])
+
+
+def test_split_keeps_the_scores_of_a_plain_or_query(tmp_path, monkeypatch):
+    db = common_word_db(tmp_path, monkeypatch)
+    split = keyword_ranking(db, "platform zanzibar", 50, Filters("1", []))
+    plain = db.execute(
+        "SELECT rowid, -bm25(posts_fts, 3.0, 1.0) FROM posts_fts "
+        'WHERE posts_fts MATCH \'"platform" OR "zanzibar"\' '
+        "ORDER BY bm25(posts_fts, 3.0, 1.0) LIMIT 4"
+    ).fetchall()
+    assert [post_id for post_id, _ in split] == [row[0] for row in plain]
+    assert [score for _, score in split] == pytest.approx([row[1] for row in plain])
+
+
+def test_posts_with_only_common_terms_are_left_out(tmp_path, monkeypatch):
+    db = common_word_db(tmp_path, monkeypatch)
+    results = search(db, "platform zanzibar", mode="keyword", limit=50)
+    assert len(results) == 4
+    assert all("zanzibar" in result.snippet for result in results)
+    # Without the distinctive word, the common one still finds every post.
+    assert len(search(db, "platform", mode="keyword", limit=200)) == 120
 
 
 def test_keyword_score_is_negated_bm25(db):
