@@ -192,3 +192,46 @@ def test_new_vectors_join_trained_clusters(clustered):
     text = "Late note\n\nlatecomer shared words"
     results = nearest_posts(clustered, query_vector(text), 1)
     assert results[0][0] == post_id_by_title(clustered, "Late note")
+
+
+def read_only_database(path) -> sqlite_utils.Database:
+    """Open ``path`` read-only on a connection that can load sqlite-vec."""
+    from kb.db import sqlite3 as sqlite
+
+    conn = sqlite.connect(f"file:{path}?mode=ro", uri=True)
+    return sqlite_utils.Database(conn)
+
+
+def test_embedding_brings_the_vec_index_up_to_date(
+    tmp_path, fake_embedder, monkeypatch
+):
+    monkeypatch.setenv("KB_VECTORS", "sqlite-vec")
+    database = make_db(tmp_path / "kb.db")
+    embed_posts(database)
+    state = vectors.state(database)
+    assert (
+        state["vec_synced_id"]
+        == database.execute("SELECT max(id) FROM vectors").fetchone()[0]
+    )
+    count = database.execute(f"SELECT count(*) FROM {vectors.VEC_TABLE}").fetchone()
+    assert count[0] == database["vectors"].count
+
+
+def test_read_only_search_with_stale_index_reads_the_vectors(
+    tmp_path, fake_embedder, monkeypatch
+):
+    # Embedded without sqlite-vec, so the file has no vec0 index at all.
+    monkeypatch.setenv("KB_VECTORS", "numpy")
+    path = tmp_path / "kb.db"
+    database = make_db(path)
+    embed_posts(database)
+    query = query_vector("unzipping the file yields")
+    expected = nearest_posts(database, query, 3)
+    database.close()
+    before = path.read_bytes()
+    monkeypatch.setenv("KB_VECTORS", "sqlite-vec")
+    reader = read_only_database(path)
+    assert vectors.backend(reader) == "sqlite-vec"
+    assert nearest_posts(reader, query, 3) == expected
+    assert vectors.VEC_TABLE not in reader.table_names()
+    assert path.read_bytes() == before
