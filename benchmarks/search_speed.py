@@ -238,6 +238,37 @@ def measure_ivf_recall(db, queries: list[str]) -> float | None:
     return round(sum(shares) / len(shares), 3)
 
 
+def measure_keyword_agreement(db, queries: list[str]) -> float:
+    """Return the share of queries whose keyword top 10 is the plain OR query's.
+
+    kb's keyword arm leaves out posts that contain only common terms; with
+    the share set to 1 no term is common and the arm runs the plain OR query.
+    """
+    import kb.search
+    from kb.search import search
+
+    default_share = kb.search.COMMON_TERM_SHARE
+    same = 0
+    for query in queries:
+        split = [r.post_id for r in search(db, query, mode="keyword", limit=10)]
+        kb.search.COMMON_TERM_SHARE = 1.0
+        try:
+            plain = [r.post_id for r in search(db, query, mode="keyword", limit=10)]
+        finally:
+            kb.search.COMMON_TERM_SHARE = default_share
+        same += split == plain
+    return round(same / len(queries), 3)
+
+
+def matrix_megabytes(db) -> float:
+    """Return the size of the numpy backend's in-memory copy of the vectors."""
+    from kb import vectors
+
+    vm = vectors.cached_matrix(db)
+    total = vm.matrix.nbytes + vm.ids.nbytes + vm.post_ids.nbytes + vm.clusters.nbytes
+    return round(total / 2**20, 1)
+
+
 def percentiles(timings: list[float]) -> dict:
     ordered = sorted(timings)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -287,6 +318,12 @@ def report_markdown(report: dict) -> str:
                 f"Cluster scan at {size['posts']} posts finds "
                 f"{size['ivf_recall_at_10']} of the exact top 10 on average."
             )
+    for size in report["latency"]:
+        out.append(
+            f"At {size['posts']} posts: keyword top 10 equal to the plain OR "
+            f"query's for {size['keyword_top10_same']} of the queries; numpy "
+            f"backend's vectors in memory {size['numpy_matrix_mb']} MiB."
+        )
     out += ["", f"Peak RSS: {report['peak_rss_mb']} MB; total {report['seconds']} s."]
     return "\n".join(out)
 
@@ -322,6 +359,8 @@ def main(argv=None) -> int:
                     "vectors": db.execute("SELECT count(*) FROM vectors").fetchone()[0],
                     "modes": measure_latency(db, queries, args.repeat),
                     "ivf_recall_at_10": measure_ivf_recall(db, queries),
+                    "keyword_top10_same": measure_keyword_agreement(db, queries),
+                    "numpy_matrix_mb": matrix_megabytes(db),
                 }
             )
             progress("latency", report["latency"][-1])

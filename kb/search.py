@@ -5,6 +5,8 @@ the notebooks. The hybrid mode fuses the ranks of both arms with reciprocal
 rank fusion (RRF): a post at rank r in an arm adds ``weight / (RRF_K + r)``.
 """
 
+import bisect
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -430,7 +432,7 @@ def window_start(text: str, hits: list[int], width: int) -> int:
         return 0
     best, best_count = hits[0], 0
     for position, hit in enumerate(hits):
-        count = sum(1 for other in hits[position:] if other < hit + width)
+        count = bisect.bisect_left(hits, hit + width, lo=position) - position
         if count > best_count:
             best, best_count = hit, count
     # Start at a word boundary, up to 30 characters before the first match.
@@ -438,6 +440,7 @@ def window_start(text: str, hits: list[int], width: int) -> int:
     return 0 if space < 0 else space + 1
 
 
+@functools.lru_cache(maxsize=256)
 def term_pattern(query: str) -> re.Pattern | None:
     stems = set()
     for term in query_terms(query):
