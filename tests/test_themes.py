@@ -407,20 +407,73 @@ def test_cli_topics_missing_db(tmp_path):
     assert "Database not found" in result.output
 
 
+# Leave-one-theme-out check of the benchmark script
+
+
+def load_themes_quality():
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "themes_quality.py"
+    spec = importlib.util.spec_from_file_location("themes_quality", script)
+    themes_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(themes_quality)
+    return themes_quality
+
+
+def test_cut_mask_rules():
+    themes_quality = load_themes_quality()
+    scores = np.array([10.0] + [5.0] * 9 + [3.0, 2.0, 0.0])
+    # The mean of the 10 best scores is 5.5.
+    assert themes_quality.cut_mask(scores, "z", 3.0).sum() == 11
+    assert themes_quality.cut_mask(scores, "best 10 share", 0.5).sum() == 11
+    assert themes_quality.cut_mask(scores, "best share", 0.3).sum() == 11
+    assert themes_quality.cut_mask(scores, "best share", 0.6).sum() == 1
+
+
+def test_leave_one_theme_out_holds_out_each_theme():
+    themes_quality = load_themes_quality()
+    scores = np.zeros((20, 3))
+    labels = np.zeros((20, 3), dtype=bool)
+    # Themes 0 and 1: four members at 4.0 and two other posts at 2.5, so
+    # only a z cut of 2.6 or more gives precision and recall 1.
+    for column in (0, 1):
+        scores[:4, column] = 4.0
+        scores[4:6, column] = 2.5
+        labels[:4, column] = True
+    # Theme 2: members at 3.0 and 2.0, which a z cut above 2.0 splits.
+    scores[:4, 2] = 3.0
+    scores[4:8, 2] = 2.0
+    labels[:8, 2] = True
+    # One member of theme 2 is missing from the corpus.
+    results = themes_quality.leave_one_theme_out(scores, labels, [4, 4, 9])
+    assert [row["column"] for row in results] == [0, 1, 2]
+    # Held out theme 2: chosen on themes 0 and 1.
+    assert results[2]["cut"] == "z >= 2.6"
+    assert results[2]["training_worst"] == 1.0
+    assert results[2]["precision"] == 1.0
+    assert results[2]["recall"] == 4 / 9
+    # Held out theme 0: no cut fits both themes 1 and 2, so the first cut of
+    # lowest precision or recall 2/3 wins, and theme 0 loses precision.
+    assert results[0]["cut"] == "z >= 1.8"
+    assert results[0]["precision"] == 4 / 6
+    assert results[0]["recall"] == 1.0
+
+
+def test_leave_one_theme_out_needs_two_themes():
+    themes_quality = load_themes_quality()
+    with pytest.raises(ValueError, match="2 themes or more"):
+        themes_quality.leave_one_theme_out(np.zeros((5, 1)), np.zeros((5, 1)), [1])
+
+
 # The real corpus and model
 
 
 @pytest.fixture(scope="module")
 def dev_theme_results(corpus_db_path, tmp_path_factory):
     """Precision and recall of the labelled dev themes on the embedded corpus."""
-    import importlib.util
-
     from conftest import shared_path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "themes_quality.py"
-    spec = importlib.util.spec_from_file_location("themes_quality", script)
-    themes_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(themes_quality)
+    themes_quality = load_themes_quality()
     path = tmp_path_factory.mktemp("themes") / "corpus.db"
     shutil.copy(corpus_db_path, path)
     tsv = shared_path("eval", "themes-dev.tsv")
