@@ -29,11 +29,12 @@ DEFAULT_SQL_TIME_LIMIT_MS = 1000
 # suggest_facets: on a table page Datasette otherwise tries each column as a
 # facet, about 40 extra queries per page, which cost a second of SQL time on
 # posts_view at 100,000 posts (docs/benchmarks/serve.md).
-# facet_time_limit_ms: the default facets of posts_view take 0.1 to 0.4 s each
+# facet_time_limit_ms: the default facets of posts_view take 0.1 to 0.6 s each
 # at 100,000 posts, over Datasette's default of 200 ms. kb serve keeps their
 # results until the file changes (kb.datasette_plugin.facet_cache), so the
-# full cost is paid once per ingest for each set of filters.
-DEFAULT_SETTINGS = {"suggest_facets": False, "facet_time_limit_ms": 500}
+# full cost is paid once per ingest for each set of filters. Datasette caps
+# the value at sql_time_limit_ms.
+DEFAULT_SETTINGS = {"suggest_facets": False, "facet_time_limit_ms": 1000}
 # Indexes that the pages and saved queries of metadata.yml need and migrations
 # do not create. posts (feed_id, published) covers the company and year facets
 # of posts_view and the per-feed newest post of feed_health, so they read the

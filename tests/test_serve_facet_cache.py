@@ -1,9 +1,13 @@
 """kb serve's facet cache: table-page facets and counts kept until the file changes."""
 
+import time
+
 import pytest
 from datasette.app import Datasette
+from datasette.database import QueryInterrupted
 from serve_fixtures import MODEL, build_kb
 
+from kb.datasette_plugin import facet_cache
 from kb.datasette_plugin.facet_cache import (
     FacetCacheDatabase,
     file_version,
@@ -131,3 +135,37 @@ def test_memory_database_rejected():
     datasette = Datasette(memory=True)
     with pytest.raises(ValueError, match="_memory"):
         use_facet_cache(datasette, "_memory")
+
+
+SLOW_COUNT = (
+    "select count(*) from (with recursive n(i) as (select 1 union all "
+    "select i + 1 from n where i < 100000000) select i from n)"
+)
+
+
+async def test_timed_out_query_not_rerun(kb_path):
+    datasette = build_datasette(kb_path, model=MODEL)
+    db = datasette.get_database("kb")
+    # The first connection creates the -wal file, a change of file version.
+    await db.execute("select 1")
+    with pytest.raises(QueryInterrupted):
+        await db.execute(SLOW_COUNT, custom_time_limit=20)
+    assert db.misses == 1
+    started = time.perf_counter()
+    with pytest.raises(QueryInterrupted):
+        await db.execute(SLOW_COUNT, custom_time_limit=20)
+    assert db.misses == 1
+    assert db.hits == 1
+    assert time.perf_counter() - started < 0.02
+
+
+async def test_timed_out_query_retried_later(kb_path, monkeypatch):
+    datasette = build_datasette(kb_path, model=MODEL)
+    db = datasette.get_database("kb")
+    monkeypatch.setattr(facet_cache, "TIMED_OUT_RETRY_S", 0)
+    await db.execute("select 1")
+    for _ in range(2):
+        with pytest.raises(QueryInterrupted):
+            await db.execute(SLOW_COUNT, custom_time_limit=20)
+    assert db.misses == 2
+    assert db.hits == 0

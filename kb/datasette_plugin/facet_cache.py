@@ -10,13 +10,19 @@ change of the file instead of once per request.
 import logging
 import os
 import re
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from datasette.database import Database
+from datasette.database import Database, QueryInterrupted
 
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_RESULTS = 256
+# A facet that ran out of time is not run again for this long, unless the file
+# changes first. Datasette then lists it as timed out, as it does for a facet
+# that runs out of time, and a busy server does not pay for it on every page.
+TIMED_OUT_RETRY_S = 60
 # The SQL that Datasette 0.65 builds for a table page's row count and for
 # its column, date and array facets (datasette/views/table.py, facets.py).
 # Other SQL, such as a saved query or a user's own query, is never cached.
@@ -76,7 +82,8 @@ class FacetCacheDatabase(Database):
 
     Results are kept until the database file or its WAL changes, up to
     MAX_CACHED_RESULTS of them, least recently used first out. A query that
-    runs past its time limit raises as before and is not kept.
+    runs past its time limit raises QueryInterrupted, and the same query
+    raises it again without running for TIMED_OUT_RETRY_S seconds.
     """
 
     def __init__(self, ds, path: str, *, max_results: int = MAX_CACHED_RESULTS):
@@ -111,20 +118,47 @@ class FacetCacheDatabase(Database):
             self._results.clear()
             self._version = version
         key = (sql, frozen_params, truncate, page_size)
-        results = self._results.get(key)
-        if results is not None:
+        cached = self._results.get(key)
+        if cached is not None and not is_expired(cached):
             self._results.move_to_end(key)
             self.hits += 1
-            return results
+            if isinstance(cached, TimedOut):
+                raise cached.error
+            return cached
         self.misses += 1
-        results = await super().execute(sql, **arguments)
+        try:
+            results = await super().execute(sql, **arguments)
+        except QueryInterrupted as error:
+            self.keep(key, version, TimedOut(error, time.monotonic()))
+            raise
+        self.keep(key, version, results)
+        return results
+
+    def keep(self, key: tuple, version: tuple, value) -> None:
+        """Store ``value`` under ``key`` when the file is still at ``version``."""
         # A write during the query may or may not be in its result, so the
         # result is kept only when the file did not change meanwhile.
-        if file_version(self.path) == version == self._version:
-            self._results[key] = results
-            if len(self._results) > self.max_results:
-                self._results.popitem(last=False)
-        return results
+        if file_version(self.path) != version or version != self._version:
+            return
+        self._results[key] = value
+        self._results.move_to_end(key)
+        if len(self._results) > self.max_results:
+            self._results.popitem(last=False)
+
+
+@dataclass
+class TimedOut:
+    """A query that ran out of time, and when (time.monotonic)."""
+
+    error: QueryInterrupted
+    at: float
+
+
+def is_expired(cached) -> bool:
+    """Return True for a timed-out query old enough to be tried again."""
+    if not isinstance(cached, TimedOut):
+        return False
+    return time.monotonic() - cached.at > TIMED_OUT_RETRY_S
 
 
 def use_facet_cache(datasette, name: str) -> FacetCacheDatabase:
