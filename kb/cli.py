@@ -10,6 +10,10 @@ from kb import config
 from kb.db import SQLITE_ERRORS, database_error
 from kb.errors import KbError
 
+# The largest integer SQLite stores. Count options stop here, so a larger
+# value is a usage error instead of an OverflowError inside a query.
+SQLITE_MAX_INTEGER = 2**63 - 1
+
 
 def db_option(function):
     """Add the shared ``-d/--db`` option, which falls back to $KB_DB."""

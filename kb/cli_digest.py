@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import click
 
-from kb.cli import db_option, reports_errors
+from kb.cli import SQLITE_MAX_INTEGER, db_option, reports_errors
 from kb.db import open_db
 from kb.digest import MAX_DAYS, MAX_POSTS, digest_text, parse_date
 from kb.errors import ConfigError
@@ -49,7 +49,7 @@ def parse_date_option(context, parameter, value):
 @click.option(
     "-n",
     "--max-posts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, SQLITE_MAX_INTEGER),
     default=MAX_POSTS,
     show_default=True,
     help="Maximum number of posts summarised, the Signal of the Day included",

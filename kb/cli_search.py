@@ -6,7 +6,7 @@ import re
 
 import click
 
-from kb.cli import db_option, reports_errors
+from kb.cli import SQLITE_MAX_INTEGER, db_option, reports_errors
 from kb.errors import SearchError
 from kb.search import MODES, parse_date
 
@@ -69,7 +69,7 @@ def embed(db_path, model_name, rebuild, silent):
 @click.option(
     "-n",
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, SQLITE_MAX_INTEGER),
     default=10,
     show_default=True,
     help="Number of results",

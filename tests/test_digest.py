@@ -593,6 +593,21 @@ def test_cli_digest_rejects_invalid_date(fresh_db, db_file):
     assert "YYYY-MM-DD" in result.output
 
 
+def test_cli_digest_accepts_largest_max_posts(kafka_db, db_file):
+    arguments = ["--date", "2026-04-16", "-n", str(2**63 - 1)]
+    result = CliRunner().invoke(cli, ["digest", *arguments, "-d", str(db_file)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# Engineering @ Scale")
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(10**30), "1e20"])
+def test_cli_digest_rejects_huge_max_posts(fresh_db, db_file, value):
+    result = CliRunner().invoke(cli, ["digest", "-n", value, "-d", str(db_file)])
+    assert result.exit_code == 2
+    assert "--max-posts" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_digest_missing_database(tmp_path):
     missing = tmp_path / "missing.db"
     result = CliRunner().invoke(

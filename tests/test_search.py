@@ -358,6 +358,9 @@ def test_search_cli_prints_text(db, tmp_path):
         ["--since", "yesterday"],
         ["--until", "2024-02-30"],
         ["--limit", "0"],
+        ["--limit", "1e20"],
+        ["--limit", str(2**63)],
+        ["--limit", str(10**30)],
     ],
 )
 def test_search_cli_rejects_bad_options_with_exit_2(db, tmp_path, options):
@@ -365,6 +368,19 @@ def test_search_cli_rejects_bad_options_with_exit_2(db, tmp_path, options):
         cli, ["search", "flags", "-d", str(tmp_path / "kb.db"), *options]
     )
     assert result.exit_code == 2, result.output
+    assert options[0] in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("mode", ["keyword", "semantic", "hybrid"])
+def test_search_cli_accepts_largest_limit(db, tmp_path, mode):
+    result = CliRunner().invoke(
+        cli,
+        ["search", "flags", "--mode", mode, "-n", str(2**63 - 1)]
+        + ["-d", str(tmp_path / "kb.db")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Feature flags at scale" in result.output
 
 
 def test_search_cli_reports_missing_database(tmp_path):
