@@ -136,7 +136,13 @@ def export_command(db_path, output):
     """
     document = sources.export_opml(open_db(db_path))
     if output:
-        Path(output).write_text(document, encoding="utf-8")
+        try:
+            Path(output).write_text(document, encoding="utf-8")
+        except OSError as error:
+            raise click.FileError(
+                output,
+                hint=f"{error.strerror}. Check that its folder exists and is writable.",
+            ) from error
         click.echo(f"Wrote {output}", err=True)
     else:
         click.echo(document, nl=False)

@@ -780,3 +780,14 @@ def test_cli_import_invalid_file(run_cli, tmp_path):
     result = run_cli("import", str(path))
     assert result.exit_code == 1
     assert "broken.opml is not valid XML" in result.output
+
+
+def test_cli_export_to_missing_folder(run_cli, tmp_path):
+    run_cli("add", "https://dropbox.tech/feed")
+    target = tmp_path / "missing" / "out.opml"
+    result = run_cli("export", "-o", str(target))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"Could not open file '{target}'" in result.output
+    assert "No such file or directory" in result.output
+    assert not target.parent.exists()
