@@ -29,12 +29,15 @@ def open_db(
     naming the path and the reason.
     """
     path = config.db_path(path)
-    if not create and not path.exists():
-        raise DatabaseError(
-            f"Database not found: {path}\nRun 'kb ingest --db {path}' to create it."
-        )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            check_folders(path)
+            if not create:
+                raise DatabaseError(
+                    f"Database not found: {path}\n"
+                    f"Run 'kb ingest --db {path}' to create it."
+                )
+            create_db_file(path)
         db = sqlite_utils.Database(path)
         configure(db)
         migrate(db)
@@ -43,6 +46,42 @@ def open_db(
     except OSError as error:
         raise DatabaseError(f"Cannot open database {path}: {error}") from error
     return db
+
+
+def create_db_file(path: Path) -> None:
+    """Create an empty database file and its missing folders.
+
+    Raises DatabaseError, naming the path and the reason, when a folder or
+    the file cannot be created.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseError(
+            f"Cannot create database {path}: the folder {path.parent} cannot be "
+            f"created ({error.strerror}).\n"
+            "Choose a --db path in a folder where you can create files."
+        ) from error
+    try:
+        path.touch()
+    except OSError as error:
+        raise DatabaseError(
+            f"Cannot create database {path}: the folder {path.parent} does not "
+            f"accept new files ({error.strerror}).\n"
+            "Choose a --db path in a folder where you can create files."
+        ) from error
+
+
+def check_folders(path: Path) -> None:
+    """Raise DatabaseError when the nearest existing parent of ``path`` is a file."""
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise DatabaseError(
+                    f"Cannot open database {path}: {ancestor} is a file, "
+                    "not a folder.\nChoose a --db path inside a folder."
+                )
+            return
 
 
 def configure(db: sqlite_utils.Database) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 from kb import feeds as feed_sources
-from kb.db import SQLITE_ERRORS, database_error
+from kb.db import SQLITE_ERRORS, check_folders, database_error
 from kb.errors import ConfigError, DatabaseError, FeedError, IngestLocked
 from kb.parse import ParsedFeed, parse_feed
 from kb.store import StoreCounts, store_entries
@@ -134,6 +134,7 @@ def ingest_lock(db_path: str | os.PathLike) -> Iterator[None]:
     when the process dies, so a killed ingest never leaves a stale lock.
     """
     lock_path = Path(f"{db_path}.lock")
+    check_folders(Path(db_path))
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+")

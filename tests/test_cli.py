@@ -28,3 +28,45 @@ def test_version_runs():
 def test_unknown_command_is_a_usage_error():
     result = CliRunner().invoke(cli, ["nonsense"])
     assert result.exit_code == 2
+
+
+# Commands that open the database, each with the arguments it needs.
+DATABASE_COMMANDS = [
+    ["feeds", "list"],
+    ["feeds", "add", "https://example.com/feed.xml"],
+    ["status"],
+    ["search", "postgres"],
+    ["digest"],
+    ["ingest", "--no-embed", "--from", "https://example.invalid/feed.xml"],
+]
+
+
+@pytest.mark.parametrize("arguments", DATABASE_COMMANDS)
+@pytest.mark.parametrize("below", ["kb.db", "sub/kb.db"])
+def test_db_below_a_file_is_rejected(tmp_path, arguments, below):
+    parent = tmp_path / "notes.txt"
+    parent.write_text("not a folder")
+    db_path = parent / below
+    result = CliRunner().invoke(cli, [*arguments, "--db", str(db_path)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Cannot open database {db_path}" in result.output
+    assert f"{parent} is a file, not a folder" in result.output
+    assert parent.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    "db_path, reason",
+    [
+        ("/proc/kb.db", "the folder /proc does not accept new files"),
+        ("/proc/sub/kb.db", "the folder /proc/sub cannot be created"),
+    ],
+)
+def test_db_in_unwritable_folder_is_rejected(db_path, reason):
+    arguments = ["feeds", "add", "https://example.com/feed.xml", "--db", db_path]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Cannot create database {db_path}: {reason}" in result.output
+    assert "No such file or directory" in result.output
