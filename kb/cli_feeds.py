@@ -45,7 +45,7 @@ def list_command(db_path, as_json):
     Example:
         kb feeds list --json
     """
-    rows = sources.list_feeds(open_db(db_path))
+    rows = sources.list_feeds(open_db(db_path, create=False))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -93,7 +93,7 @@ def remove_command(db_path, key):
     Example:
         kb feeds remove netflix-techblog
     """
-    feed, action = sources.remove_feed(open_db(db_path), key)
+    feed, action = sources.remove_feed(open_db(db_path, create=False), key)
     if action == "disabled":
         click.echo(
             f"Disabled feed {feed['slug']}: its {feed['posts']} stored posts are kept "
@@ -134,7 +134,7 @@ def export_command(db_path, output):
     Example:
         kb feeds export -o sources.opml
     """
-    document = sources.export_opml(open_db(db_path))
+    document = sources.export_opml(open_db(db_path, create=False))
     if output:
         try:
             Path(output).write_text(document, encoding="utf-8")

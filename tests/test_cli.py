@@ -70,3 +70,44 @@ def test_db_in_unwritable_folder_is_rejected(db_path, reason):
     assert isinstance(result.exception, SystemExit)
     assert f"Cannot create database {db_path}: {reason}" in result.output
     assert "No such file or directory" in result.output
+
+
+READ_ONLY_COMMANDS = [
+    ["feeds", "list"],
+    ["feeds", "export"],
+    ["feeds", "remove", "7"],
+    ["status"],
+    ["search", "postgres"],
+    ["topics"],
+    ["digest"],
+]
+
+
+@pytest.mark.parametrize("arguments", READ_ONLY_COMMANDS)
+def test_read_only_command_needs_database(tmp_path, arguments):
+    db_path = tmp_path / "typo.db"
+    result = CliRunner().invoke(cli, [*arguments, "--db", str(db_path)])
+    assert result.exit_code == 1, result.output
+    assert f"Database not found: {db_path}" in result.output
+    assert f"kb ingest --db {db_path}" in result.output
+    assert not db_path.exists()
+
+
+def test_writing_commands_create_database(tmp_path):
+    runner = CliRunner()
+    added = tmp_path / "added.db"
+    result = runner.invoke(
+        cli, ["feeds", "add", "https://example.com/feed.xml", "--db", str(added)]
+    )
+    assert result.exit_code == 0, result.output
+    assert added.is_file()
+    opml = tmp_path / "one.opml"
+    opml.write_text(
+        '<opml version="2.0"><body>'
+        '<outline text="One" xmlUrl="https://example.com/one.xml"/>'
+        "</body></opml>"
+    )
+    imported = tmp_path / "imported.db"
+    result = runner.invoke(cli, ["feeds", "import", str(opml), "--db", str(imported)])
+    assert result.exit_code == 0, result.output
+    assert imported.is_file()
