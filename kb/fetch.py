@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -514,6 +515,12 @@ def describe_http_error(error: httpx.HTTPError, settings: FetchSettings) -> str:
     if isinstance(error, httpx.TimeoutException):
         return f"timed out ({type(error).__name__})"
     if isinstance(error, httpx.ConnectError):
+        lookup = lookup_failure(error)
+        if lookup is not None:
+            return (
+                f"the host name {error.request.url.host} could not be resolved "
+                f"({lookup.strerror})"
+            )
         return f"connection failed: {root_cause(error)}"
     if isinstance(error, httpx.RemoteProtocolError):
         return f"the server broke the HTTP exchange: {error}"
@@ -522,6 +529,16 @@ def describe_http_error(error: httpx.HTTPError, settings: FetchSettings) -> str:
     if isinstance(error, httpx.DecodingError):
         return f"the compressed body could not be decoded: {error}"
     return f"{type(error).__name__}: {error or 'no details'}"
+
+
+def lookup_failure(error: BaseException) -> socket.gaierror | None:
+    """Return the DNS lookup error under an httpx error, if there is one."""
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def root_cause(error: BaseException) -> str:

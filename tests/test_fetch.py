@@ -189,6 +189,16 @@ def test_connection_refused_is_an_error():
     assert "Connection refused" in result.error
 
 
+def test_unresolvable_host_is_an_error():
+    # Names under the reserved .invalid top-level domain never resolve.
+    result = fetch("http://feed.invalid/rss")
+    assert result.error.startswith(
+        "http://feed.invalid/rss: the host name feed.invalid could not be resolved ("
+    )
+    assert "Unknown error" not in result.error
+    assert result.body is None
+
+
 def test_connect_timeout_is_an_error():
     # A listening socket whose accept queue is full leaves new SYNs
     # unanswered, so the connection neither succeeds nor is refused.
