@@ -87,7 +87,10 @@ def add_command(db_path, url, title, company, homepage, slug):
 @click.argument("key")
 @reports_errors
 def remove_command(db_path, key):
-    """Remove a feed by id, slug or URL; a feed with stored posts is disabled.
+    """Remove a feed by slug, id or URL; a feed with stored posts is disabled.
+
+    KEY is matched against slugs first, then ids, then URLs. So "7" removes
+    the feed whose slug is 7 when there is one, else the feed with id 7.
 
     \b
     Example:

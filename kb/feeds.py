@@ -212,7 +212,7 @@ def reactivate_feed(db: sqlite_utils.Database, feed: dict, fields: dict) -> dict
 
 
 def remove_feed(db: sqlite_utils.Database, key: str | int) -> tuple[dict, str]:
-    """Remove a feed by id, slug or URL; return its row and "disabled" or "deleted".
+    """Remove a feed by slug, id or URL; return its row and "disabled" or "deleted".
 
     A feed with stored posts is only disabled, so its posts keep their
     source and company. A feed without posts is deleted, and its fetch log
@@ -240,12 +240,16 @@ def remove_feed(db: sqlite_utils.Database, key: str | int) -> tuple[dict, str]:
 
 
 def find_feed(db: sqlite_utils.Database, key: str | int) -> dict:
-    """Return the feed whose id, slug or URL is ``key``; raise ConfigError if none."""
+    """Return the feed whose slug, id or URL is ``key``; raise ConfigError if none.
+
+    A slug match wins over an id, so "7" returns the feed whose slug is 7
+    when there is one, else the feed with id 7.
+    """
     text = str(key).strip()
-    feed = None
-    if text.isdigit():
+    feed = find_feed_by(db, "slug", text)
+    if feed is None and text.isdigit():
         feed = find_feed_by(db, "id", int(text))
-    feed = feed or find_feed_by(db, "slug", text) or find_feed_by(db, "url", text)
+    feed = feed or find_feed_by(db, "url", text)
     if feed is None:
         raise ConfigError(
             f"Feed not found: {text!r} is not the id, slug or URL of a feed.\n"

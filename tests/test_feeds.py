@@ -387,6 +387,18 @@ def test_remove_feed_by_any_key(fresh_db, key):
     assert action == "deleted"
 
 
+def test_remove_feed_prefers_slug_over_id(fresh_db):
+    first = add(fresh_db, "https://example.com/first.xml")
+    numbered = add(fresh_db, "https://example.com/numbered.xml", slug=str(first["id"]))
+    assert numbered["id"] != first["id"]
+    removed, _ = sources.remove_feed(fresh_db, str(first["id"]))
+    assert removed["id"] == numbered["id"]
+    assert stored(fresh_db, first) is not None
+    # With no slug left that matches, the same key names the id.
+    removed, _ = sources.remove_feed(fresh_db, str(first["id"]))
+    assert removed["id"] == first["id"]
+
+
 def test_remove_unknown_feed_raises(fresh_db):
     with pytest.raises(ConfigError, match="Feed not found: 'nope'"):
         sources.remove_feed(fresh_db, "nope")
@@ -791,3 +803,13 @@ def test_cli_export_to_missing_folder(run_cli, tmp_path):
     assert f"Could not open file '{target}'" in result.output
     assert "No such file or directory" in result.output
     assert not target.parent.exists()
+
+
+def test_cli_remove_prefers_slug(run_cli):
+    run_cli("add", "https://example.com/a.xml", "--slug", "alpha")
+    run_cli("add", "https://example.com/b.xml", "--slug", "1")
+    result = run_cli("remove", "1")
+    assert result.exit_code == 0, result.output
+    assert "Deleted feed 1:" in result.output
+    listed = run_cli("list", "--json")
+    assert [row["slug"] for row in json.loads(listed.output)] == ["alpha"]
