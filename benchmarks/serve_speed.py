@@ -23,6 +23,18 @@ Usage::
 
 Without --db the corpus is ingested and embedded with the default model first
 (``kb ingest --from CORPUS``), which takes several minutes on two cores.
+
+The full run, at the corpus size and at 100,000 posts, from the repository
+root, with an embedded database of the corpus::
+
+    python benchmarks/serve_speed.py --db data/kb.db --work /tmp/kb-serve-bench \
+        --output docs/benchmarks/serve.md
+
+It copies data/kb.db into the --work folder, grows the copy to 100,000
+posts (20 to 40 minutes on two cores, kept in --work for later runs), then
+starts ``kb serve`` on each database in turn. The queries come from
+``$KB_SHARED/eval/dev-queries.tsv``, by default ``../shared`` next to the
+repository.
 """
 
 import argparse
