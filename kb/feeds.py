@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 from lxml import etree
@@ -167,7 +167,8 @@ def add_feed(
 
     Raises ConfigError for a URL that is not http(s), a URL that is already
     listed and active, or a slug that another feed uses. Adding the URL of a
-    disabled or retired feed makes it active again.
+    disabled or retired feed makes it active again. URLs are compared as
+    :func:`same_feed_urls` describes.
     """
     problem = http_url_problem(url)
     if problem:
@@ -175,11 +176,12 @@ def add_feed(
             f"Invalid feed URL {url!r}: {problem}.\n"
             "Give the full address, for example https://example.com/feed.xml."
         )
-    existing = find_feed_by(db, "url", url)
+    url = normalised_url(url)
+    existing = find_feed_by_url(db, url)
     if existing is not None and existing["status"] == "active":
         raise ConfigError(
-            f"Feed URL already listed: {url} (slug={existing['slug']}).\n"
-            "See it with 'kb feeds list'."
+            f"Feed URL already listed: {url} is listed as {existing['url']} "
+            f"(slug={existing['slug']}).\nSee it with 'kb feeds list'."
         )
     if slug is not None:
         slug = checked_slug(db, slug, owner=existing)
@@ -249,7 +251,7 @@ def find_feed(db: sqlite_utils.Database, key: str | int) -> dict:
     feed = find_feed_by(db, "slug", text)
     if feed is None and text.isdigit():
         feed = find_feed_by(db, "id", int(text))
-    feed = feed or find_feed_by(db, "url", text)
+    feed = feed or find_feed_by_url(db, text)
     if feed is None:
         raise ConfigError(
             f"Feed not found: {text!r} is not the id, slug or URL of a feed.\n"
@@ -263,6 +265,18 @@ def find_feed_by(db: sqlite_utils.Database, column: str, value) -> dict | None:
         raise ValueError(f"cannot look feeds up by {column!r}")
     rows = list(db.query(f"SELECT * FROM feeds WHERE {column} = ?", [value]))
     return rows[0] if rows else None
+
+
+def find_feed_by_url(db: sqlite_utils.Database, url: str) -> dict | None:
+    """Return the feed stored under ``url`` or under one of its same_feed_urls."""
+    candidates = [url.strip()]
+    if http_url_problem(url) is None:
+        candidates += same_feed_urls(url)
+    for candidate in dict.fromkeys(candidates):
+        feed = find_feed_by(db, "url", candidate)
+        if feed is not None:
+            return feed
+    return None
 
 
 def ensure_sources(
@@ -384,12 +398,50 @@ def checked_slug(db: sqlite_utils.Database, slug: str, owner: dict | None) -> st
 
 
 def http_url_problem(url: str) -> str | None:
-    parts = urlsplit(url.strip())
+    """Return why ``url``, stripped of surrounding whitespace, cannot be fetched."""
+    url = url.strip()
+    # urlsplit silently drops tabs and line breaks, so look before it does.
+    if not url.isprintable():
+        return "the URL contains a line break, tab or other control character"
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        return f"it cannot be parsed ({error})"
     if parts.scheme not in ("http", "https"):
         return "only http and https URLs can be fetched"
     if not parts.hostname:
         return "the URL has no host name"
+    if " " in parts.netloc:
+        return "the host name contains a space"
+    try:
+        has_valid_port = parts.port != 0
+    except ValueError:
+        has_valid_port = False
+    if not has_valid_port:
+        return "the port must be a number from 1 to 65535"
     return None
+
+
+def normalised_url(url: str) -> str:
+    """Strip surrounding whitespace and lower-case the scheme and host of ``url``."""
+    parts = urlsplit(url.strip())
+    userinfo, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(
+        parts._replace(scheme=parts.scheme.lower(), netloc=userinfo + at + host.lower())
+    )
+
+
+def same_feed_urls(url: str) -> list[str]:
+    """Return the forms of ``url`` that name the same feed.
+
+    Scheme and host are case-insensitive, and a path with or without a
+    trailing slash is taken as the same feed, so "HTTPS://Example.com/rss/"
+    and "https://example.com/rss" match.
+    """
+    normalised = normalised_url(url)
+    parts = urlsplit(normalised)
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path + "/"
+    return [normalised, urlunsplit(parts._replace(path=path))]
 
 
 # -- time ----------------------------------------------------------------------
@@ -515,8 +567,9 @@ def import_opml(db: sqlite_utils.Database, path: str | os.PathLike) -> tuple[int
 
     An outline matches an existing feed by slug, else by URL. Attributes the
     outline has overwrite the stored ones; those it lacks are kept. A URL
-    listed twice in the file counts once, the first time. All changes are
-    written in one transaction.
+    listed twice in the file counts once, the first time. An outline whose
+    URL ``kb feeds add`` would reject is skipped with a warning. All changes
+    are written in one transaction.
     """
     sources = read_opml(path)
     added = updated = 0
@@ -524,10 +577,22 @@ def import_opml(db: sqlite_utils.Database, path: str | os.PathLike) -> tuple[int
     now = datetime.now(timezone.utc)
     with db.atomic():
         for source in sources:
-            if source.url in seen:
+            problem = http_url_problem(source.url)
+            if problem:
+                logger.warning(
+                    "Skipped the outline %r of %s: invalid feed URL %r: %s",
+                    source.title or source.slug or source.url,
+                    path,
+                    source.url,
+                    problem,
+                )
+                continue
+            source.url = normalised_url(source.url)
+            spellings = same_feed_urls(source.url)
+            if seen.intersection(spellings):
                 logger.debug("Skipped a second outline for %s in %s", source.url, path)
                 continue
-            seen.add(source.url)
+            seen.update(spellings)
             outcome = upsert_source(db, source, now)
             added += outcome == "added"
             updated += outcome == "updated"
@@ -543,7 +608,7 @@ def upsert_source(db: sqlite_utils.Database, source: Source, now: datetime) -> s
     feed = None
     if source.slug:
         feed = find_feed_by(db, "slug", source.slug)
-    feed = feed or find_feed_by(db, "url", source.url)
+    feed = feed or find_feed_by_url(db, source.url)
     if feed is None:
         insert_feed(db, source, now)
         return "added"
@@ -554,10 +619,10 @@ def upsert_source(db: sqlite_utils.Database, source: Source, now: datetime) -> s
         and getattr(source, column) != feed[column]
     }
     if source.url != feed["url"]:
-        owner = find_feed_by(db, "url", source.url)
+        owner = find_feed_by_url(db, source.url)
         if owner is None:
             changes["url"] = source.url
-        else:
+        elif owner["id"] != feed["id"]:
             logger.warning(
                 "OPML lists %s under slug %s, but feed %s has that URL; kept both",
                 source.url,

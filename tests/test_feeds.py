@@ -1,8 +1,11 @@
 import json
 import logging
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import pytest
 from click.testing import CliRunner
@@ -317,10 +320,55 @@ def test_add_feed_keeps_given_fields(fresh_db):
     assert feed["homepage"] == "https://blog.example.org/"
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/feed", "feed.xml", "https://"])
-def test_add_feed_rejects_invalid_url(fresh_db, url):
-    with pytest.raises(ConfigError, match="Invalid feed URL"):
+# Each URL that kb feeds add and kb feeds import reject, with the reason.
+INVALID_URLS = [
+    ("ftp://example.com/feed", "only http and https"),
+    ("feed.xml", "only http and https"),
+    ("https://", "no host name"),
+    ("https://exa mple.com/feed", "host name contains a space"),
+    ("https://example.com\n.evil/feed", "line break"),
+    ("https://exa\tmple.com/feed", "tab"),
+    ("https://example.com:65536/feed", "port must be a number from 1 to 65535"),
+    ("https://example.com:0/feed", "port must be a number from 1 to 65535"),
+    ("https://example.com:http/feed", "port must be a number from 1 to 65535"),
+    ("http://[::1/feed", "cannot be parsed"),
+]
+
+
+@pytest.mark.parametrize("url, reason", INVALID_URLS)
+def test_add_feed_rejects_invalid_url(fresh_db, url, reason):
+    with pytest.raises(ConfigError, match="Invalid feed URL") as raised:
         add(fresh_db, url)
+    assert repr(url) in str(raised.value)
+    assert reason in str(raised.value)
+    assert fresh_db["feeds"].count == 0
+
+
+def test_add_feed_strips_whitespace(fresh_db):
+    feed = add(fresh_db, "  https://example.com/feed.xml\n")
+    assert feed["url"] == "https://example.com/feed.xml"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "HTTPS://EXAMPLE.COM/Feed.xml",
+        "https://example.com/Feed.xml/",
+        " https://Example.com/Feed.xml/ ",
+    ],
+)
+def test_add_feed_matches_url_spellings(fresh_db, spelling):
+    add(fresh_db, "https://example.com/Feed.xml", slug="first")
+    with pytest.raises(ConfigError, match=r"already listed.*slug=first"):
+        add(fresh_db, spelling)
+    assert fresh_db["feeds"].count == 1
+
+
+def test_add_feed_keeps_path_case(fresh_db):
+    add(fresh_db, "https://example.com/Feed.xml")
+    other = add(fresh_db, "https://example.com/feed.xml")
+    assert other["url"] == "https://example.com/feed.xml"
+    assert fresh_db["feeds"].count == 2
 
 
 def test_add_feed_rejects_duplicate_url(fresh_db):
@@ -625,6 +673,41 @@ def test_import_opml_counts_duplicate_url_once(fresh_db, tmp_path):
     ] == ("DB Weekly")
 
 
+# XML turns a literal line break or tab in an attribute into a space.
+CONTROL_ENTITIES = {"\n": "&#10;", "\t": "&#9;"}
+
+
+def test_import_opml_skips_invalid_urls(fresh_db, tmp_path, caplog):
+    outlines = "".join(
+        f'<outline text="Bad {number}" xmlUrl="{escape(url, CONTROL_ENTITIES)}"/>'
+        for number, (url, _) in enumerate(INVALID_URLS)
+    )
+    text = NESTED_OPML.replace("<body>", f"<body>{outlines}")
+    path = write(tmp_path / "mixed.opml", text)
+    with caplog.at_level(logging.WARNING, logger="kb.feeds"):
+        assert sources.import_opml(fresh_db, path) == (3, 0)
+    warnings = [record.getMessage() for record in caplog.records]
+    for number, (_, reason) in enumerate(INVALID_URLS):
+        (warning,) = [line for line in warnings if f"'Bad {number}'" in line]
+        assert warning.startswith(f"Skipped the outline 'Bad {number}' of {path}")
+        assert reason in warning
+    assert fresh_db["feeds"].count == 3
+
+
+def test_import_opml_matches_url_spellings(fresh_db, tmp_path):
+    feed = add(fresh_db, "https://db.example/feed", slug="db")
+    text = NESTED_OPML.replace(
+        "https://db.example/feed", "  HTTPS://DB.Example/feed/ "
+    ).replace(
+        "</body>",
+        '<outline type="rss" text="Again" xmlUrl="https://top.example/feed/"/></body>',
+    )
+    path = write(tmp_path / "spellings.opml", text)
+    assert sources.import_opml(fresh_db, path) == (2, 1)
+    assert fresh_db["feeds"].count == 3
+    assert stored(fresh_db, feed)["url"] == "https://db.example/feed"
+
+
 def test_export_opml_keeps_kb_attributes(fresh_db, tmp_path):
     add(fresh_db, "https://a.example/feed", slug="a", company="A Corp", category="x")
     feed = add(fresh_db, "https://b.example/feed", slug="b")
@@ -813,3 +896,30 @@ def test_cli_remove_prefers_slug(run_cli):
     assert "Deleted feed 1:" in result.output
     listed = run_cli("list", "--json")
     assert [row["slug"] for row in json.loads(listed.output)] == ["alpha"]
+
+
+def test_cli_import_warns_about_skipped_outline(db_file, tmp_path):
+    text = NESTED_OPML.replace(
+        "<body>", '<body><outline text="Old gopher" xmlUrl="gopher://old.example/"/>'
+    )
+    path = write(tmp_path / "gopher.opml", text)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kb",
+            "feeds",
+            "import",
+            str(path),
+            "--db",
+            str(db_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 added, 0 updated" in result.stdout
+    assert "Skipped the outline 'Old gopher'" in result.stderr
+    assert "'gopher://old.example/'" in result.stderr
+    assert "Traceback" not in result.stderr
