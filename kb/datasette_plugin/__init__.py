@@ -12,7 +12,6 @@ import functools
 import logging
 import threading
 
-import datasette.handle_exception as datasette_handle_exception
 from datasette import hookimpl
 from datasette.utils import StartupError
 
@@ -24,13 +23,6 @@ from kb.errors import KbError
 logger = logging.getLogger(__name__)
 
 WARM_UP_TIMEOUT_S = 60
-
-# Datasette 0.65.5's default handle_exception prints every exception, 404s
-# included, with rich's print_exception(show_locals=True) when rich can be
-# imported. That costs about half a second of CPU per 404, and a path that
-# matches no route gets a 500, because the call happens outside an except
-# block. Without rich it prints a plain traceback for 500s only.
-datasette_handle_exception.rich = None
 
 
 @hookimpl
@@ -138,3 +130,17 @@ def menu_links(datasette, actor, request):
         {"href": datasette.urls.path("/-/kb/search"), "label": "Search posts"},
         {"href": datasette.urls.path("/-/kb/digest"), "label": "Daily digest"},
     ]
+
+
+# Datasette 0.65.5's default handle_exception prints every exception, 404s
+# included, with rich's print_exception(show_locals=True) when rich can be
+# imported. That costs about half a second of CPU per 404, and a path that
+# matches no route gets a 500, because the call happens outside an except
+# block. Without rich it prints a plain traceback for 500s only.
+# This import stays below every hook, because importing
+# datasette.handle_exception loads Datasette's plugins, this module included.
+# Higher up, a process that imports this module first would register it
+# before its hooks exist, with none of them.
+import datasette.handle_exception as datasette_handle_exception  # noqa: E402
+
+datasette_handle_exception.rich = None
