@@ -70,6 +70,9 @@ class IngestReport:
 
     outcomes: list[FeedOutcome] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
+    # True when each outcome is one replayed snapshot file, so a feed can have
+    # several outcomes.
+    is_replay: bool = False
 
     @property
     def failed(self) -> int:
@@ -95,9 +98,14 @@ class IngestReport:
         return 2 if self.failed == len(self.outcomes) else 1
 
     def total_line(self) -> str:
-        feeds = len(self.outcomes)
-        text = (
-            f"Total: {feeds} feed{'s' if feeds != 1 else ''}, {self.failed} failed; "
+        """Return the summary line of feeds, replayed snapshot files and posts."""
+        feeds = len({outcome.name for outcome in self.outcomes})
+        text = f"Total: {feeds} feed{'s' if feeds != 1 else ''}"
+        if self.is_replay:
+            files = len(self.outcomes)
+            text += f" from {files} snapshot file{'s' if files != 1 else ''}"
+        text += (
+            f", {self.failed} failed; "
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged posts"
         )
         if not self.new and not self.updated:
@@ -275,7 +283,7 @@ def ingest_paths(
     feed_sources.ensure_sources(db)
     if on_start:
         on_start(sum(len(snapshots) for _, snapshots in nights))
-    report = IngestReport()
+    report = IngestReport(is_replay=True)
     for label, snapshots in nights:
         run_id = start_run(db, "replay", label=label, feeds_total=len(snapshots))
         night = IngestReport(run_ids=[run_id])

@@ -205,3 +205,36 @@ def test_replayed_file_source_is_never_fetched(tricky_dir, fresh_db):
     ingest_paths(fresh_db, [str(tricky_dir / "feed-rs" / "atom_relative.xml")])
     due = due_feeds(fresh_db, datetime.now(timezone.utc))
     assert all(feed["url"].startswith(("http://", "https://")) for feed in due)
+
+
+def rss_document(*links: str) -> str:
+    items = "".join(
+        f"<item><title>Post {link}</title><link>{link}</link>"
+        f"<description>About {link}</description></item>"
+        for link in links
+    )
+    return f'<rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
+
+
+def test_total_line_counts_feeds_and_files(tmp_path, db_file):
+    snapshots = {
+        "alpha/2026-01-01.xml": rss_document("https://a.example/1"),
+        "alpha/2026-01-02.xml": rss_document(
+            "https://a.example/1", "https://a.example/2"
+        ),
+        "beta/2026-01-01.xml": rss_document("https://b.example/1"),
+        "beta/2026-01-02.xml": "<html><body>Moved</body></html>",
+    }
+    for name, text in snapshots.items():
+        (tmp_path / "feeds" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "feeds" / name).write_text(text)
+    result = CliRunner().invoke(
+        cli,
+        ["ingest", "--from", str(tmp_path / "feeds"), "--db", str(db_file)]
+        + ["--no-embed"],
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        "Total: 2 feeds from 4 snapshot files, 1 failed; "
+        "3 new, 0 updated, 1 unchanged posts" in result.output
+    )

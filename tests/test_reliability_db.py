@@ -471,7 +471,7 @@ def test_full_disk_during_embedding(db_copy):
         preexec_fn=file_size_limit(100 * 1024),
         KB_MODEL=FAKE_MODEL,
     )
-    assert "Total: 1 feed, 0 failed" in result.stdout
+    assert "Total: 1 feed from 1 snapshot file, 0 failed" in result.stdout
     assert "Embeddings:" not in result.stdout
     assert_clean_failure(result, db_copy, "disk I/O error")
     assert_intact(db_copy, before)
