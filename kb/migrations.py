@@ -362,3 +362,13 @@ def m004_posts_view(db: sqlite_utils.Database) -> None:
         LEFT JOIN topics ON topics.id = post_topics.topic_id
         """
     )
+
+
+@migration(5)
+def m005_posts_feed_published(db: sqlite_utils.Database) -> None:
+    """Index posts by feed and date for the company and year facets and feed_health.
+
+    Both read only these columns, so the index covers them and they skip the
+    post rows, which hold the full text.
+    """
+    db.execute("CREATE INDEX posts_feed_published ON posts (feed_id, published)")

@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 from datasette.app import Datasette
 from datasette.utils import StartupError
-from sqlite_utils.utils import sqlite3
 
 from kb import config
 from kb.datasette_plugin.facet_cache import use_facet_cache
@@ -35,14 +34,6 @@ DEFAULT_SQL_TIME_LIMIT_MS = 1000
 # full cost is paid once per ingest for each set of filters. Datasette caps
 # the value at sql_time_limit_ms.
 DEFAULT_SETTINGS = {"suggest_facets": False, "facet_time_limit_ms": 1000}
-# Indexes that the pages and saved queries of metadata.yml need and migrations
-# do not create. posts (feed_id, published) covers the company and year facets
-# of posts_view and the per-feed newest post of feed_health, so they read the
-# index instead of every post row.
-SERVING_INDEXES = {
-    "posts_feed_published": "CREATE INDEX IF NOT EXISTS posts_feed_published "
-    "ON posts (feed_id, published)",
-}
 
 
 def load_metadata(path: str | os.PathLike | None = None) -> dict:
@@ -91,9 +82,8 @@ def build_datasette(
 ) -> Datasette:
     """Create the Datasette app for a knowledge base, migrating the file first.
 
-    Pending migrations run here, and missing SERVING_INDEXES are created,
-    with a normal connection, because every connection Datasette opens to the
-    file is read-only.
+    Pending migrations run here, with a normal connection, because every
+    connection Datasette opens to the file is read-only.
 
     Raises DatabaseError when the file does not exist and ConfigError for a
     bad metadata file.
@@ -112,34 +102,11 @@ def build_datasette(
 
 
 def prepare_database(path: Path) -> None:
-    """Migrate the database at ``path`` and create the SERVING_INDEXES it lacks.
+    """Apply the pending migrations of the database at ``path``.
 
     Raises DatabaseError when the file does not exist or cannot be migrated.
-    A missing index only makes some pages slower, so a file where it cannot
-    be created is served without it, with a warning.
     """
-    db = open_db(path, create=False)
-    try:
-        add_missing_indexes(db, path)
-    finally:
-        db.close()
-
-
-def add_missing_indexes(db, path: Path) -> None:
-    # NOTE: these indexes live outside kb.migrations. Only kb serve creates
-    # them, so a plain ``datasette`` on a file kb serve never opened lacks them.
-    rows = db.execute("select name from sqlite_master where type = 'index'")
-    existing = {row[0] for row in rows}
-    for name, sql in SERVING_INDEXES.items():
-        if name in existing:
-            continue
-        try:
-            with db.conn:
-                db.execute(sql)
-        except sqlite3.DatabaseError as error:
-            logger.warning("cannot create index %s in %s: %s", name, path, error)
-            continue
-        logger.info("created index %s", name)
+    open_db(path, create=False).close()
 
 
 def serve(

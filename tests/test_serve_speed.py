@@ -4,7 +4,6 @@ Settings, indexes, query plans and model threads are checked on a small kb
 database; the timings themselves are in benchmarks/serve_speed.py.
 """
 
-import logging
 import time
 
 import pytest
@@ -13,12 +12,7 @@ from datasette.utils import StartupError
 from serve_fixtures import MODEL, build_kb
 
 from kb.db import open_db
-from kb.serve import (
-    SERVING_INDEXES,
-    add_missing_indexes,
-    build_datasette,
-    load_metadata,
-)
+from kb.serve import build_datasette, load_metadata
 
 pytestmark = pytest.mark.anyio
 
@@ -81,21 +75,8 @@ async def test_posts_view_runs_only_default_facets(datasette):
     assert set(body["facet_results"]) == {"company", "year", "topic", "themes"}
 
 
-def test_serving_indexes_created(datasette, kb_path):
-    assert set(SERVING_INDEXES) <= index_names(kb_path)
-
-
-def test_read_only_file_served_without_index(tmp_path, caplog):
-    path = tmp_path / "kb.db"
-    build_kb(path)
-    db = open_db(path)
-    db.execute("PRAGMA query_only = 1")
-    with caplog.at_level(logging.WARNING, logger="kb.serve"):
-        add_missing_indexes(db, path)
-    db.close()
-    assert "posts_feed_published" not in index_names(path)
-    assert "cannot create index posts_feed_published" in caplog.text
-    assert "readonly" in caplog.text
+def test_migrations_create_the_serving_index(kb_path):
+    assert "posts_feed_published" in index_names(kb_path)
 
 
 @pytest.fixture(scope="module")
