@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,17 @@ def fake_embedder(monkeypatch):
 
     monkeypatch.setenv("KB_MODEL", "hash:64")
     return get_embedder("hash:64")
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Give torch back every CPU after a test that started kb's Datasette plugin.
+
+    The plugin sets torch to one thread for the whole process, which suits a
+    server but would halve the speed of later tests that embed the corpus.
+    """
+    yield
+    torch = sys.modules.get("torch")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if torch is not None and torch.get_num_threads() < cpus:
+        torch.set_num_threads(cpus)
