@@ -371,4 +371,7 @@ def m005_posts_feed_published(db: sqlite_utils.Database) -> None:
     Both read only these columns, so the index covers them and they skip the
     post rows, which hold the full text.
     """
-    db.execute("CREATE INDEX posts_feed_published ON posts (feed_id, published)")
+    # kb serve created this index itself before the migration existed.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS posts_feed_published ON posts (feed_id, published)"
+    )

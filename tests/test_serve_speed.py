@@ -228,3 +228,16 @@ def test_search_concurrency_defaults_to_cpus(datasette):
     from kb.datasette_plugin import functions
 
     assert functions.search_concurrency(datasette) == functions.available_cpus()
+
+
+def test_migration_keeps_an_index_kb_serve_made(tmp_path):
+    path = tmp_path / "kb.db"
+    build_kb(path)
+    db = open_db(path)
+    with db.conn:
+        db.execute("DROP INDEX posts_feed_published")
+        db.execute("DELETE FROM kb_migrations WHERE id = 5")
+        db.execute("CREATE INDEX posts_feed_published ON posts (feed_id, published)")
+    db.close()
+    open_db(path).close()
+    assert "posts_feed_published" in index_names(path)
