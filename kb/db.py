@@ -3,6 +3,7 @@
 import logging
 import os
 import sqlite3 as stdlib_sqlite3
+import time
 from pathlib import Path
 
 import sqlite_utils
@@ -87,11 +88,28 @@ def check_folders(path: Path) -> None:
 def configure(db: sqlite_utils.Database) -> None:
     """Set WAL mode, a busy timeout and foreign keys on a connection."""
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = switch_to_wal(db)
     if mode != "wal":
         logger.warning("journal_mode is %s, not wal, for %s", mode, db.conn)
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("PRAGMA foreign_keys = ON")
+
+
+def switch_to_wal(db: sqlite_utils.Database) -> str:
+    """Set WAL mode and return the journal mode, retrying while the file is locked.
+
+    When several processes open a new file at once, they race to switch it
+    to WAL, and SQLite can report "database is locked" at once instead of
+    waiting for the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except SQLITE_ERRORS as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def database_error(path: Path, error: Exception) -> DatabaseError:
