@@ -95,9 +95,9 @@ class SentenceTransformerEmbedder(Embedder):
     def __init__(self, name: str, path: str):
         # Set before the import: huggingface_hub reads it when it is imported.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        # Otherwise torch's OpenMP threads spin while they wait for work. With
-        # two busy processes on a 2-core machine, embedding one query took
-        # 510 ms against 25 ms idle, and 67 ms with this policy.
+        # Otherwise torch's OpenMP threads spin while they wait for work, and
+        # when other processes want the same cores one query embedding can
+        # take many times as long as on an idle machine.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from sentence_transformers import SentenceTransformer
 

@@ -72,9 +72,9 @@ def limit_model_threads(datasette) -> None:
 
     Datasette already runs searches on several SQL threads at once. With
     torch's default of one thread per core on top of that, the threads spin
-    against each other. On a busy 2-core machine, embedding one query took
-    670 ms with 2 torch threads and 38 ms with 1. The plugin setting
-    ``model_threads`` changes the count; it applies to the whole process.
+    against each other, and one query embedding on a busy machine takes many
+    times as long. The plugin setting ``model_threads`` changes the count,
+    and it applies to the whole process.
     """
     plugin_config = datasette.plugin_config(PLUGIN_NAME) or {}
     threads = plugin_config.get("model_threads")
