@@ -267,8 +267,8 @@ def measure_ivf_recall(db, queries: list[str]) -> float | None:
 def measure_keyword_agreement(db, queries: list[str]) -> float:
     """Return the share of queries whose keyword top 10 is the plain OR query's.
 
-    kb's keyword arm leaves out posts that contain only common terms; with
-    the share set to 1 no term is common and the arm runs the plain OR query.
+    kb's keyword arm leaves out posts that contain only common terms. With
+    the share set to 1 no term is common, so the arm runs the plain OR query.
     """
     import kb.search
     from kb.search import search

@@ -136,7 +136,7 @@ def test_keyword_snippet_is_highlighted_and_escaped(tmp_path, fake_embedder):
 
 
 def common_word_db(tmp_path, monkeypatch):
-    """120 posts that all say "platform", four that also name a rare word."""
+    """Return 120 posts that all contain "platform", four of them also "zanzibar"."""
     monkeypatch.setattr(kb.search, "COMMON_TERM_MIN", 10)
     db = make_db(tmp_path / "kb.db", posts=[])
     feed = db["feeds"].get(1)["id"]
@@ -154,7 +154,7 @@ def test_common_terms_are_split_from_distinctive_ones(tmp_path, monkeypatch):
     assert split_terms(db, ['"platform"']) == (['"platform"'], [])
 
 
-def test_split_keeps_the_scores_of_a_plain_or_query(tmp_path, monkeypatch):
+def test_split_keeps_or_query_scores(tmp_path, monkeypatch):
     db = common_word_db(tmp_path, monkeypatch)
     split = keyword_ranking(db, "platform zanzibar", 50, Filters("1", []))
     plain = db.execute(

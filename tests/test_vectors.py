@@ -217,9 +217,7 @@ def test_embedding_brings_the_vec_index_up_to_date(
     assert count[0] == database["vectors"].count
 
 
-def test_read_only_search_with_stale_index_reads_the_vectors(
-    tmp_path, fake_embedder, monkeypatch
-):
+def test_read_only_stale_index_scans_vectors(tmp_path, fake_embedder, monkeypatch):
     # Embedded without sqlite-vec, so the file has no vec0 index at all.
     monkeypatch.setenv("KB_VECTORS", "numpy")
     path = tmp_path / "kb.db"
