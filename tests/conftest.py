@@ -92,6 +92,9 @@ def restore_torch_threads():
     """
     yield
     torch = sys.modules.get("torch")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if torch is not None and torch.get_num_threads() < cpus:
-        torch.set_num_threads(cpus)
+    if torch is None:
+        return
+    from kb.datasette_plugin.functions import available_cpus
+
+    if torch.get_num_threads() < available_cpus():
+        torch.set_num_threads(available_cpus())
