@@ -20,7 +20,10 @@ Markdown report:
    serial number appended to each text and Gaussian noise (sigma 0.02)
    added to each vector, which keeps the word statistics and the vector
    neighbourhoods of real posts;
-4. peak RSS of the process.
+4. at each size, for several shares of the posts past which a query term
+   counts as common: keyword p50 and MRR@10 of keyword and hybrid search on
+   the queries, with each scaled copy counted as the post it copies;
+5. peak RSS of the process.
 """
 
 import argparse
@@ -42,6 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_QUERIES = REPO.parent / "shared" / "eval" / "dev-queries.tsv"
 MODES = ("keyword", "semantic", "hybrid")
 NOISE_SIGMA = 0.02
+COPY_PREFIX = "https://copies.example/"
+# Shares of the posts past which the keyword arm treats a term as common.
+COMMON_SHARES = (0.1, 0.03, 0.02, 0.01)
 
 
 def copy_db(source: Path, target: Path):
@@ -196,8 +202,8 @@ def add_copy(db, source, number: int) -> int:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             feed_id,
-            f"https://copies.example/{number}",
-            f"https://copies.example/{number}",
+            f"{COPY_PREFIX}{number}",
+            f"{COPY_PREFIX}{number}",
             f"copy-{number}",
             title,
             published,
@@ -286,6 +292,64 @@ def measure_keyword_agreement(db, queries: list[str]) -> float:
     return round(same / len(queries), 3)
 
 
+def measure_common_share(db, rows: list[dict], shares=COMMON_SHARES) -> list[dict]:
+    """Score and time the keyword arm with each share of posts that makes a term common.
+
+    For each share: keyword p50 over one run of the queries, and MRR@10 of
+    keyword and hybrid search (numpy backend). A scaled copy counts as the
+    post it was copied from, and the results are deduplicated that way, so a
+    target's rank is its rank among distinct posts.
+    """
+    from search_quality import canonical_link
+
+    import kb.search
+
+    originals = [
+        url
+        for (url,) in db.execute(
+            "SELECT url FROM posts WHERE id IN (SELECT post_id FROM post_embeddings) "
+            f"AND url NOT LIKE '{COPY_PREFIX}%' ORDER BY id"
+        )
+    ]
+
+    def source(url: str) -> str:
+        if url.startswith(COPY_PREFIX):
+            url = originals[int(url[len(COPY_PREFIX) :]) % len(originals)]
+        return canonical_link(url)
+
+    def reciprocal_rank(query: dict, mode: str) -> float:
+        results = kb.search.search(db, query["query"], mode=mode, limit=10)
+        distinct = list(dict.fromkeys(source(result.url) for result in results))
+        target = canonical_link(query["target_link"])
+        return 1 / (distinct.index(target) + 1) if target in distinct else 0.0
+
+    default_share = kb.search.COMMON_TERM_SHARE
+    os.environ["KB_VECTORS"] = "numpy"
+    report = []
+    try:
+        for share in shares:
+            kb.search.COMMON_TERM_SHARE = share
+            timings = []
+            for query in rows:
+                started = time.perf_counter()
+                kb.search.search(db, query["query"], mode="keyword")
+                timings.append((time.perf_counter() - started) * 1000)
+            scores = {
+                mode: round(
+                    statistics.mean(reciprocal_rank(query, mode) for query in rows), 3
+                )
+                for mode in ("keyword", "hybrid")
+            }
+            report.append(
+                {"share": share, "keyword_p50_ms": percentiles(timings)["p50_ms"]}
+                | {f"{mode}_mrr_at_10": score for mode, score in scores.items()}
+            )
+    finally:
+        kb.search.COMMON_TERM_SHARE = default_share
+        os.environ.pop("KB_VECTORS", None)
+    return report
+
+
 def matrix_megabytes(db) -> float:
     """Return the size of the numpy backend's in-memory copy of the vectors."""
     from kb import vectors
@@ -310,9 +374,10 @@ def progress(name: str, value) -> None:
     print(json.dumps({name: value}), file=sys.stderr, flush=True)
 
 
-def read_queries(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [line.split("\t")[2] for line in lines if line.strip()]
+def read_queries(path: Path) -> list[dict]:
+    from search_quality import read_queries as read_rows
+
+    return read_rows(path)
 
 
 def report_markdown(report: dict) -> str:
@@ -350,6 +415,19 @@ def report_markdown(report: dict) -> str:
             f"query's for {size['keyword_top10_same']} of the queries; numpy "
             f"backend's vectors in memory {size['numpy_matrix_mb']} MiB."
         )
+    for size in report["latency"]:
+        out += [
+            "",
+            f"Common-term share at {size['posts']} posts:",
+            "",
+            "| share | keyword p50 ms | keyword MRR@10 | hybrid MRR@10 |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in size["common_share"]:
+            out.append(
+                f"| {row['share']} | {row['keyword_p50_ms']} | "
+                f"{row['keyword_mrr_at_10']} | {row['hybrid_mrr_at_10']} |"
+            )
     out += ["", f"Peak RSS: {report['peak_rss_mb']} MB; total {report['seconds']} s."]
     return "\n".join(out)
 
@@ -369,7 +447,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    queries = read_queries(args.queries)
+    rows = read_queries(args.queries)
+    queries = [row["query"] for row in rows]
     report = {"machine": machine(), "latency": []}
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
@@ -396,6 +475,7 @@ def main(argv=None) -> int:
                     "ivf_recall_at_10": measure_ivf_recall(db, queries),
                     "keyword_top10_same": measure_keyword_agreement(db, queries),
                     "numpy_matrix_mb": matrix_megabytes(db),
+                    "common_share": measure_common_share(db, rows),
                 }
             )
             progress("latency", report["latency"][-1])

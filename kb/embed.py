@@ -11,6 +11,7 @@ Two kinds of model share one small interface, :class:`Embedder`:
 last run, storing one vector per chunk plus one post vector per post.
 """
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -38,6 +39,10 @@ BATCH_POSTS = 64
 # Bump when the text given to the model changes, so every post is embedded
 # again on the next run.
 TEXT_VERSION = "1"
+# Torch threads for one search query. A query is a few tokens, which one
+# thread embeds about as fast as two, and a hybrid search runs its keyword
+# arm on another core meanwhile.
+QUERY_THREADS = 1
 
 
 class Embedder:
@@ -50,6 +55,10 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` as an array of shape (len(texts), dim), L2-normalised."""
         raise NotImplementedError
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """Embed one search query as an array of shape (dim,)."""
+        return self.encode([text])[0]
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Return the character offsets of the tokens the model reads in ``text``."""
@@ -118,11 +127,12 @@ class SentenceTransformerEmbedder(Embedder):
         # A fast tokenizer raises "Already borrowed" when two threads call it
         # at once. The model already uses every core, so one call at a time.
         self.lock = threading.Lock()
+        self.query_threads = QUERY_THREADS
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], *, threads: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self.lock:
+        with self.lock, torch_threads(threads):
             matrix = self.model.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -131,6 +141,9 @@ class SentenceTransformerEmbedder(Embedder):
                 show_progress_bar=False,
             )
         return np.asarray(matrix, dtype=np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text], threads=self.query_threads)[0]
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         with self.lock:
@@ -143,6 +156,25 @@ class SentenceTransformerEmbedder(Embedder):
                 verbose=False,
             )
         return encoding["offset_mapping"]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with at most ``count`` torch threads, then restore the setting.
+
+    The setting is process-wide, so callers hold the model's lock.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if count is None or count >= before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:

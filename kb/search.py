@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
-import numpy as np
-
 from kb import vectors
 from kb.errors import SearchError
 from kb.query import STOPWORDS, TOKEN, query_phrases, query_terms
@@ -39,14 +37,17 @@ SEMANTIC_WEIGHT = 1.3
 BM25_RANK = "bm25(3.0, 1.0)"
 # A query term is common when more than this share of the posts contain it,
 # and more than COMMON_TERM_MIN posts, so that a small database has none. The
-# keyword arm skips the posts that contain only common terms.
-COMMON_TERM_SHARE = 0.1
+# keyword arm skips the posts that contain only common terms. At 100,000
+# posts, 3% scored the dev queries as well as 10% in half the keyword time,
+# while 2% and 1% lost targets (benchmarks/search_speed.py).
+COMMON_TERM_SHARE = 0.03
 COMMON_TERM_MIN = 100
 FILTERED_IDS = (
     "SELECT p.id FROM posts AS p JOIN feeds AS f ON f.id = p.feed_id WHERE {where}"
 )
-# Embeds the query of a hybrid search while the calling thread runs the
-# keyword arm. Both run at once because torch and SQLite release the GIL.
+# Embeds the query of a hybrid search, and with the numpy backend scans the
+# vectors, while the calling thread runs the keyword arm. Both run at once
+# because torch, numpy and SQLite release the GIL.
 _query_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-query")
 SNIPPET_CHARS = 200
 SNIPPET_SCAN_CHARS = 4000
@@ -138,17 +139,20 @@ def search(
     filters = build_filters(db, source, since, until, topic)
     depth = max(limit, ARM_DEPTH) if mode == "hybrid" else limit
     keyword = []
-    semantic = []
-    query_vector = None
+    semantic = None
     if mode in ("hybrid", "semantic"):
-        query_vector = embed_query(
-            db, query, model_name, required=mode == "semantic", wait=mode != "hybrid"
+        semantic = semantic_ranking(
+            db,
+            query,
+            model_name,
+            depth,
+            filters,
+            required=mode == "semantic",
+            background=mode == "hybrid",
         )
     if mode in ("hybrid", "keyword"):
         keyword = keyword_ranking(db, query, depth, filters)
-    if query_vector is not None:
-        allowed = allowed_posts(db, filters)
-        semantic = vectors.nearest_posts(db, query_vector(), depth, allowed=allowed)
+    semantic = semantic() if semantic is not None else []
     fused = fuse(keyword, semantic, phrase_matches(db, query, filters))
     return describe(db, query, fused[:limit], keyword, semantic)
 
@@ -296,14 +300,16 @@ def split_terms(db, terms: list[str]) -> tuple[list[str], list[str]]:
     return distinct, common
 
 
-def embed_query(
-    db, query: str, model_name, *, required: bool, wait: bool = True
-) -> Callable[[], np.ndarray] | None:
-    """Start embedding ``query`` and return a function that gives its vector.
+def semantic_ranking(
+    db, query, model_name, depth, filters, *, required: bool, background: bool
+) -> Callable[[], list[tuple[int, float]]] | None:
+    """Start the semantic arm and return a function that gives its ranking.
 
     Returns None when the query has no words, or when the database has no
-    vectors and ``required`` is false. With ``wait`` false the embedding runs
-    on a worker thread and the returned function waits for it.
+    vectors and ``required`` is false. With ``background``, the query is
+    embedded on a worker thread while the caller runs the keyword arm. With
+    the numpy backend that thread also scans the vectors, because the scan
+    does not use the connection.
     """
     from kb.embed import get_embedder
 
@@ -320,11 +326,20 @@ def embed_query(
         logger.warning("no post vectors yet: hybrid search uses keywords only")
         return None
     vectors.check_model(db, embedder.name)
-    if wait:
-        vector = embedder.encode([text])[0]
-        return lambda: vector
-    pending = _query_encoder.submit(embedder.encode, [text])
-    return lambda: pending.result()[0]
+    allowed = allowed_posts(db, filters)
+    scan = vectors.matrix_scanner(db)
+    if not background:
+        ranking = vectors.nearest_posts(
+            db, embedder.encode_query(text), depth, allowed=allowed
+        )
+        return lambda: ranking
+    if scan is not None:
+        pending = _query_encoder.submit(
+            lambda: scan(embedder.encode_query(text), depth, allowed)
+        )
+        return pending.result
+    pending = _query_encoder.submit(embedder.encode_query, text)
+    return lambda: vectors.nearest_posts(db, pending.result(), depth, allowed=allowed)
 
 
 def phrase_matches(db, query: str, filters: Filters) -> set[int]:

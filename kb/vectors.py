@@ -16,9 +16,11 @@ clusters (an inverted-file index) and an unfiltered query scans only the
 Below that size, and for every filtered query, the scan is exact.
 """
 
+import functools
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -340,23 +342,49 @@ def nearest_posts(
     allowed
         Post ids to rank; None ranks every embedded post.
     """
+    scan = matrix_scanner(db)
+    if scan is not None:
+        return scan(query, k, allowed)
     if k <= 0 or (allowed is not None and not allowed):
         return []
-    search_with = (
-        nearest_with_vec if backend(db) == "sqlite-vec" else nearest_with_numpy
-    )
+    search_with = functools.partial(nearest_with_vec, db)
+    return widen_probes(search_with, cached_centroids(db), query, k, allowed)
+
+
+def matrix_scanner(db) -> Callable[[np.ndarray, int, set[int] | None], list] | None:
+    """Return the numpy search over ``db``'s vectors, or None under sqlite-vec.
+
+    The vectors and centroids are loaded (or found in the cache) now, so the
+    returned function takes (query, k, allowed) like :func:`nearest_posts`
+    and never touches the connection: another thread may call it.
+    """
+    if backend(db) != "numpy":
+        return None
+    return functools.partial(scan_matrix, cached_matrix(db), cached_centroids(db))
+
+
+def scan_matrix(
+    vm: VectorMatrix, centroids, query, k, allowed
+) -> list[tuple[int, float]]:
+    if k <= 0 or (allowed is not None and not allowed):
+        return []
+    search_with = functools.partial(scan_rows, vm)
+    return widen_probes(search_with, centroids, query, k, allowed)
+
+
+def widen_probes(search_with, centroids, query, k, allowed) -> list[tuple[int, float]]:
+    """Run ``search_with(query, k, probes, allowed)`` until it finds ``k`` posts."""
     count = IVF_PROBES
     while True:
-        probes = None if allowed is not None else probe_clusters(db, query, count)
-        results = search_with(db, query, k, probes, allowed)
+        probes = None if allowed is not None else pick_probes(centroids, query, count)
+        results = search_with(query, k, probes, allowed)
         # The nearest clusters may hold fewer than k posts: scan more of them.
         if probes is None or len(results) >= k:
             return results
         count *= 4
 
 
-def nearest_with_numpy(db, query, k, probes, allowed) -> list[tuple[int, float]]:
-    vm = cached_matrix(db)
+def scan_rows(vm: VectorMatrix, query, k, probes, allowed) -> list[tuple[int, float]]:
     if len(vm.ids) == 0:
         return []
     query = np.asarray(query, dtype=np.float32)
@@ -395,7 +423,7 @@ def best_per_post(post_ids: np.ndarray, scores: np.ndarray, k: int):
 
 def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
     if not sync_vec_index(db):
-        return nearest_with_numpy(db, query, k, probes, allowed)
+        return scan_rows(cached_matrix(db), query, k, probes, allowed)
     total = db.execute("SELECT count(*) FROM vectors").fetchone()[0]
     where, params = "", []
     if probes is not None:
@@ -511,9 +539,8 @@ def write_vec_index(db) -> bool:
 # Inverted-file clusters ----------------------------------------------------
 
 
-def probe_clusters(db, query: np.ndarray, count: int) -> list[int] | None:
+def pick_probes(centroids, query: np.ndarray, count: int) -> list[int] | None:
     """Return the ``count`` clusters nearest to ``query``, or None to scan all."""
-    centroids = cached_centroids(db)
     if centroids is None or count >= len(centroids[0]):
         return None
     ids, matrix = centroids

@@ -5,7 +5,7 @@ from search_fixtures import make_db, post_id_by_title
 
 from kb.chunking import split_chunks, whitespace_offsets
 from kb.cli import cli
-from kb.embed import embed_posts, get_embedder
+from kb.embed import QUERY_THREADS, embed_posts, get_embedder, torch_threads
 from kb.errors import ModelError
 from kb.vectors import load_post_vectors
 
@@ -223,3 +223,42 @@ def test_bundled_model_embeds_and_chunks_within_limit():
     assert vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+def test_torch_threads_restores_setting():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with torch_threads(4):  # never raised above the process setting
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_query_embedding_uses_one_thread(monkeypatch):
+    torch = pytest.importorskip("torch")
+    embedder = get_embedder()
+    seen = []
+    encode = embedder.model.encode
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(embedder.model, "encode", record)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        vector = embedder.encode_query("replication lag between regions")
+        assert seen == [QUERY_THREADS]
+        assert torch.get_num_threads() == 2
+        expected = embedder.encode(["replication lag between regions"])[0]
+    finally:
+        torch.set_num_threads(before)
+    assert vector.shape == (384,)
+    assert np.allclose(vector, expected, atol=1e-5)

@@ -227,6 +227,18 @@ def test_hybrid_reports_both_ranks(db):
     )
 
 
+@pytest.mark.parametrize("filters", [{}, {"source": "globex-blog"}])
+def test_hybrid_same_on_both_backends(db, monkeypatch, filters):
+    # numpy scans the vectors on the worker thread, sqlite-vec on the caller's.
+    found = {}
+    for backend in ("numpy", "sqlite-vec"):
+        monkeypatch.setenv("KB_VECTORS", backend)
+        results = search(db, "postgres proxy flaky tests", **filters)
+        found[backend] = [(r.post_id, r.keyword_rank, r.semantic_rank) for r in results]
+    assert found["numpy"] and found["numpy"] == found["sqlite-vec"]
+    assert any(semantic is not None for _, _, semantic in found["numpy"])
+
+
 def test_hybrid_puts_quoted_phrase_first(db):
     # Only the feature-flags post contains "flag rules", though the
     # replication post matches the other words better.

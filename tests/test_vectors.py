@@ -1,4 +1,5 @@
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -233,3 +234,18 @@ def test_read_only_stale_index_scans_vectors(tmp_path, fake_embedder, monkeypatc
     assert nearest_posts(reader, query, 3) == expected
     assert vectors.VEC_TABLE not in reader.table_names()
     assert path.read_bytes() == before
+
+
+def test_matrix_scanner_needs_no_connection(db, monkeypatch):
+    monkeypatch.setenv("KB_VECTORS", "numpy")
+    query = query_vector("unzipping the file yields")
+    scan = vectors.matrix_scanner(db)
+    expected = nearest_posts(db, query, 3)
+    db.close()  # the scan must not read the closed connection
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(scan, query, 3, None).result() == expected
+
+
+def test_matrix_scanner_is_none_under_sqlite_vec(db, monkeypatch):
+    monkeypatch.setenv("KB_VECTORS", "sqlite-vec")
+    assert vectors.matrix_scanner(db) is None

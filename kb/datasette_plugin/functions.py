@@ -85,6 +85,9 @@ def limit_model_threads(datasette) -> None:
             f"Invalid kb plugin setting model_threads={threads!r}: it must be a "
             "whole number of at least 1."
         )
+    embedder = load_embedder(datasette)
+    if hasattr(embedder, "query_threads"):
+        embedder.query_threads = threads
     if "torch" not in sys.modules:
         return  # the model in use does not run on torch
     sys.modules["torch"].set_num_threads(threads)
@@ -189,7 +192,7 @@ def embed_blob(datasette, text: str | None) -> bytes | None:
     """Return the query embedding of ``text`` as a float32 blob of shape (dim,)."""
     if text is None:
         return None
-    vector = load_embedder(datasette).encode([str(text)[:MAX_QUERY_CHARS]])[0]
+    vector = load_embedder(datasette).encode_query(str(text)[:MAX_QUERY_CHARS])
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
