@@ -39,9 +39,9 @@ BATCH_POSTS = 64
 # Bump when the text given to the model changes, so every post is embedded
 # again on the next run.
 TEXT_VERSION = "1"
-# Torch threads for one search query. A query is a few tokens, which one
-# thread embeds about as fast as two, and a hybrid search runs its keyword
-# arm on another core meanwhile.
+# Torch threads for one search query. A query is a few tokens, and a hybrid
+# search runs its keyword arm on another core meanwhile. The search
+# benchmark times query embedding with one thread and with torch's default.
 QUERY_THREADS = 1
 
 
@@ -162,7 +162,8 @@ class SentenceTransformerEmbedder(Embedder):
 def torch_threads(count: int | None):
     """Run the block with at most ``count`` torch threads, then restore the setting.
 
-    The setting is process-wide, so callers hold the model's lock.
+    With torch's OpenMP build the setting applies to the calling thread, and
+    to threads that first use torch meanwhile. Callers hold the model's lock.
     """
     import torch
 

@@ -8,6 +8,7 @@ rank fusion (RRF): a post at rank r in an arm adds ``weight / (RRF_K + r)``.
 import bisect
 import functools
 import logging
+import os
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +48,12 @@ FILTERED_IDS = (
 )
 # Embeds the query of a hybrid search, and with the numpy backend scans the
 # vectors, while the calling thread runs the keyword arm. Both run at once
-# because torch, numpy and SQLite release the GIL.
-_query_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-query")
+# because torch, numpy and SQLite release the GIL. There is one worker per
+# CPU, and at least two, so that concurrent searches (such as Datasette's SQL
+# threads) scan at the same time. The model's lock embeds one query at a time.
+_query_encoder = ThreadPoolExecutor(
+    max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="kb-query"
+)
 SNIPPET_CHARS = 200
 SNIPPET_SCAN_CHARS = 4000
 # Stop looking for a better snippet window after this many matching words.
@@ -313,9 +318,9 @@ def semantic_ranking(
     """
     from kb.embed import get_embedder
 
-    text = " ".join(query.replace('"', " ").split())
-    if not text:
+    if not query_terms(query):
         return None
+    text = " ".join(query.replace('"', " ").split())
     embedder = get_embedder(model_name)
     if vectors.stored_model(db)[0] is None:
         if required:
@@ -327,12 +332,14 @@ def semantic_ranking(
         return None
     vectors.check_model(db, embedder.name)
     allowed = allowed_posts(db, filters)
-    scan = vectors.matrix_scanner(db)
+    if allowed is not None and not allowed:
+        return lambda: []
     if not background:
         ranking = vectors.nearest_posts(
             db, embedder.encode_query(text), depth, allowed=allowed
         )
         return lambda: ranking
+    scan = vectors.matrix_scanner(db)
     if scan is not None:
         pending = _query_encoder.submit(
             lambda: scan(embedder.encode_query(text), depth, allowed)

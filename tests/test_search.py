@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ from hypothesis import strategies as st
 from search_fixtures import add_post, make_db, post_id_by_title
 
 import kb.search
+from kb import vectors
 from kb.cli import cli
+from kb.db import open_db
 from kb.embed import embed_posts
 from kb.errors import SearchError
 from kb.query import fts_query, query_terms
@@ -237,6 +241,48 @@ def test_hybrid_same_on_both_backends(db, monkeypatch, filters):
         found[backend] = [(r.post_id, r.keyword_rank, r.semantic_rank) for r in results]
     assert found["numpy"] and found["numpy"] == found["sqlite-vec"]
     assert any(semantic is not None for _, _, semantic in found["numpy"])
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+def test_query_without_words_finds_nothing(db, mode):
+    assert search(db, "!!! ???", mode=mode) == []
+
+
+def test_empty_filter_skips_vector_load(db, monkeypatch):
+    monkeypatch.setenv("KB_VECTORS", "numpy")
+
+    def fail(_db):
+        raise AssertionError(
+            "the vectors were loaded for a filter that matches nothing"
+        )
+
+    monkeypatch.setattr(vectors, "cached_matrix", fail)
+    assert search(db, "postgres proxy", source="no-such-feed") == []
+
+
+def test_concurrent_hybrid_searches_scan_at_once(db, monkeypatch):
+    # Each scan waits for the other, so scans run one at a time would time out.
+    monkeypatch.setenv("KB_VECTORS", "numpy")
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    both_scanning = threading.Barrier(2, timeout=10)
+    scan_rows = vectors.scan_rows
+
+    def scan_together(*args):
+        both_scanning.wait()
+        return scan_rows(*args)
+
+    monkeypatch.setattr(vectors, "scan_rows", scan_together)
+
+    def run(query):
+        connection = open_db(path)
+        try:
+            return search(connection, query)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        found = list(pool.map(run, ["postgres proxy", "flaky tests"]))
+    assert all(found)
 
 
 def test_hybrid_puts_quoted_phrase_first(db):
