@@ -217,7 +217,11 @@ def add_copy(db, source, number: int) -> int:
 
 
 def measure_latency(db, queries: list[str], repeat: int) -> dict:
-    """Time every query in every mode and backend; return p50/p95 in ms."""
+    """Time every query in every mode and backend; return p50/p95 in ms.
+
+    Query embedding alone and hybrid search (numpy) are also timed with the
+    query embedded on torch's default thread count instead of kb's one.
+    """
     import torch
 
     from kb.embed import get_embedder
@@ -230,26 +234,38 @@ def measure_latency(db, queries: list[str], repeat: int) -> dict:
         ("query embedding alone", embedder.encode_query),
         (f"query embedding, {threads} threads", lambda text: embedder.encode([text])),
     ):
-        timings = []
-        for query in queries:
-            started = time.perf_counter()
-            encode(query)
-            timings.append((time.perf_counter() - started) * 1000)
-        report[label] = percentiles(timings)
+        report[label] = time_calls(encode, queries, 1)
     for backend in ("sqlite-vec", "numpy"):
         os.environ["KB_VECTORS"] = backend
         for mode in MODES:
             search(db, queries[0], mode=mode)
-            timings = []
-            for _ in range(repeat):
-                for query in queries:
-                    started = time.perf_counter()
-                    search(db, query, mode=mode)
-                    timings.append((time.perf_counter() - started) * 1000)
             key = mode if mode == "keyword" else f"{mode} ({backend})"
-            report[key] = percentiles(timings)
+            report[key] = time_calls(
+                lambda text, mode=mode: search(db, text, mode=mode), queries, repeat
+            )
+        os.environ.pop("KB_VECTORS", None)
+    os.environ["KB_VECTORS"] = "numpy"
+    default_threads = embedder.query_threads
+    embedder.query_threads = threads
+    try:
+        report[f"hybrid (numpy), query on {threads} threads"] = time_calls(
+            lambda text: search(db, text), queries, repeat
+        )
+    finally:
+        embedder.query_threads = default_threads
         os.environ.pop("KB_VECTORS", None)
     return report
+
+
+def time_calls(call, queries: list[str], repeat: int) -> dict:
+    """Call ``call`` on each query ``repeat`` times; return p50/p95 in ms."""
+    timings = []
+    for _ in range(repeat):
+        for query in queries:
+            started = time.perf_counter()
+            call(query)
+            timings.append((time.perf_counter() - started) * 1000)
+    return percentiles(timings)
 
 
 def measure_ivf_recall(db, queries: list[str]) -> float | None:

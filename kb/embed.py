@@ -34,14 +34,15 @@ BUNDLED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # Each chunk repeats this many tokens from the end of the one before it.
 CHUNK_OVERLAP = 32
 # Posts per batch: their chunks are encoded together and written in one
-# transaction.
-BATCH_POSTS = 64
+# transaction. sentence-transformers sorts the texts of one call by length
+# before it splits them into batches, so a larger call pads less.
+BATCH_POSTS = 256
 # Bump when the text given to the model changes, so every post is embedded
 # again on the next run.
 TEXT_VERSION = "1"
-# Torch threads for one search query. A query is a few tokens, and a hybrid
-# search runs its keyword arm on another core meanwhile. The search
-# benchmark times query embedding with one thread and with torch's default.
+# Torch threads for one search query. Alone, a query embeds a little faster
+# on two threads, but a hybrid search runs its keyword arm on another core
+# meanwhile and is faster with one (see docs/benchmarks/search.md).
 QUERY_THREADS = 1
 
 
