@@ -40,9 +40,9 @@ BATCH_POSTS = 256
 # Bump when the text given to the model changes, so every post is embedded
 # again on the next run.
 TEXT_VERSION = "1"
-# Torch threads for one search query. Alone, a query embeds a little faster
-# on two threads, but a hybrid search runs its keyword arm on another core
-# meanwhile and is faster with one (see docs/benchmarks/search.md).
+# Torch threads for one search query. A hybrid search runs its keyword arm
+# on another core meanwhile, and is faster with one thread than with torch's
+# default (see docs/benchmarks/search.md).
 QUERY_THREADS = 1
 
 
