@@ -276,16 +276,20 @@ def lowest_ranked_members(
     return [(int(ranks[row]), int(row)) for row in members[:count]]
 
 
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """Return the lines of a Markdown table with ``header`` and ``rows``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
 def format_loto_table(results: list[dict]) -> str:
-    lines = [
-        "| held-out theme | chosen cut | precision | recall |",
-        "| --- | --- | --- | --- |",
+    rows = [
+        [row["theme"], row["cut"], f"{row['precision']:.2f}", f"{row['recall']:.2f}"]
+        for row in results
     ]
-    for row in results:
-        lines.append(
-            f"| {row['theme']} | {row['cut']} | "
-            f"{row['precision']:.2f} | {row['recall']:.2f} |"
-        )
+    header = ["held-out theme", "chosen cut", "precision", "recall"]
+    lines = markdown_table(header, rows)
     lines.append("")
     lines.append("Lowest-ranked labelled members:")
     for row in results:
@@ -295,20 +299,22 @@ def format_loto_table(results: list[dict]) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    lines = [
-        "| theme | members | assigned | precision | recall |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in results:
-        lines.append(
-            f"| {row['theme']} | {row['members']} | {row['assigned']} | "
-            f"{row['precision']:.3f} | {row['recall']:.3f} |"
-        )
     count = max(len(results), 1)
     mean_precision = sum(row["precision"] for row in results) / count
     mean_recall = sum(row["recall"] for row in results) / count
-    lines.append(f"| mean | | | {mean_precision:.3f} | {mean_recall:.3f} |")
-    return "\n".join(lines)
+    rows = [
+        [
+            row["theme"],
+            row["members"],
+            row["assigned"],
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+        ]
+        for row in results
+    ]
+    rows.append(["mean", "", "", f"{mean_precision:.3f}", f"{mean_recall:.3f}"])
+    header = ["theme", "members", "assigned", "precision", "recall"]
+    return "\n".join(markdown_table(header, rows))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,12 @@ def fts_query(text: str) -> str:
     Examples: ``C++ templates`` gives ``"C" OR "templates"``; ``"exact phrase"
     NEAR x`` gives ``"exact phrase" OR "NEAR" OR "x"``.
     """
-    return " OR ".join(query_terms(text or ""))
+    return match_any(query_terms(text or ""))
+
+
+def match_any(terms: list[str]) -> str:
+    """Join FTS5 terms into an expression that matches a row containing any of them."""
+    return " OR ".join(terms)
 
 
 def query_phrases(text: str) -> list[str]:

@@ -17,7 +17,7 @@ from datetime import date, datetime, timezone
 
 from kb import vectors
 from kb.errors import SearchError
-from kb.query import STOPWORDS, TOKEN, query_phrases, query_terms
+from kb.query import STOPWORDS, TOKEN, match_any, query_phrases, query_terms
 
 logger = logging.getLogger(__name__)
 
@@ -259,12 +259,12 @@ def keyword_ranking(
         return []
     distinct, common = split_terms(db, terms)
     if distinct and common:
-        rare = " OR ".join(distinct)
-        usual = " OR ".join(common)
+        rare = match_any(distinct)
+        usual = match_any(common)
         ranked = bm25_ranking(db, f"({rare}) AND ({usual})", depth, filters)
         ranked += bm25_ranking(db, f"({rare}) NOT ({usual})", depth, filters)
         return sorted(ranked, key=lambda item: (-item[1], item[0]))[:depth]
-    return bm25_ranking(db, " OR ".join(terms), depth, filters)
+    return bm25_ranking(db, match_any(terms), depth, filters)
 
 
 def bm25_ranking(

@@ -178,50 +178,48 @@ async def test_invalid_search_concurrency_stops_startup(kb_path, tmp_path, value
         await datasette.invoke_startup()
 
 
-async def test_search_concurrency_bounds_searches(kb_path, tmp_path):
-    # With one slot, a second acquire fails while the slot is taken. A search
-    # afterwards answers and gives the slot back.
+async def start_with_one_slot(kb_path, tmp_path):
+    """Start a Datasette whose plugin runs one search at a time; return its slots."""
     from kb.datasette_plugin import functions
 
     metadata_path = write_metadata(tmp_path, search_concurrency=1)
     datasette = build_datasette(kb_path, metadata_path=metadata_path, model=MODEL)
     await datasette.invoke_startup()
-    slots = functions.search_slots(datasette)
+    return datasette, functions.search_slots(datasette)
+
+
+async def assert_search_frees_slot(datasette, slots):
+    response = await datasette.client.get(
+        "/kb/search.json", params={"q": "failover", "_shape": "array"}
+    )
+    assert response.status_code == 200
+    assert response.json()
+    assert slots.acquire(blocking=False)
+    slots.release()
+
+
+async def test_search_concurrency_bounds_searches(kb_path, tmp_path):
+    # With one slot, a second acquire fails while the slot is taken. A search
+    # afterwards succeeds and gives the slot back.
+    datasette, slots = await start_with_one_slot(kb_path, tmp_path)
     assert slots.acquire(blocking=False)
     try:
         assert not slots.acquire(blocking=False)
     finally:
         slots.release()
-    response = await datasette.client.get(
-        "/kb/search.json", params={"q": "failover", "_shape": "array"}
-    )
-    assert response.status_code == 200
-    assert response.json()
-    assert slots.acquire(blocking=False)
-    slots.release()
+    await assert_search_frees_slot(datasette, slots)
 
 
 async def test_search_waits_for_a_slot(kb_path, tmp_path):
     import threading
 
-    from kb.datasette_plugin import functions
-
-    metadata_path = write_metadata(tmp_path, search_concurrency=1)
-    datasette = build_datasette(kb_path, metadata_path=metadata_path, model=MODEL)
-    await datasette.invoke_startup()
-    slots = functions.search_slots(datasette)
+    datasette, slots = await start_with_one_slot(kb_path, tmp_path)
     slots.acquire()
     threading.Timer(0.5, slots.release).start()
     started = time.perf_counter()
-    response = await datasette.client.get(
-        "/kb/search.json", params={"q": "failover", "_shape": "array"}
-    )
-    # The search ran only after the slot came free, and inside the time limit.
+    # The search runs only after the slot comes free, and inside the time limit.
+    await assert_search_frees_slot(datasette, slots)
     assert time.perf_counter() - started >= 0.5
-    assert response.status_code == 200
-    assert response.json()
-    assert slots.acquire(blocking=False)
-    slots.release()
 
 
 def test_search_concurrency_defaults_to_cpus(datasette):
