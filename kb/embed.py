@@ -110,7 +110,10 @@ class SentenceTransformerEmbedder(Embedder):
         # take many times as long as on an idle machine.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        # transformers draws a "Loading weights" bar on stderr for each load.
+        transformers_logging.disable_progress_bar()
         try:
             self.model = SentenceTransformer(path, device="cpu")
         except (OSError, ValueError) as error:

@@ -12,6 +12,9 @@ import re
 # FTS5's unicode61 tokenizer splits on everything that is not a letter or a
 # digit; the underscore is a separator too ("parse_json" is two tokens).
 TOKEN = re.compile(r"[^\W_]+")
+# A query keeps its first 64 terms. bm25 scores every term separately, so
+# the cost of a search grows with its terms, and a pasted page has thousands.
+MAX_TERMS = 64
 QUOTED = re.compile(r'"([^"]*)"')
 # Characters that end a word, besides white space: "NEAR(flags" is two words,
 # while "cf-html" and "parse_json" are one word of two tokens each.
@@ -60,11 +63,10 @@ def query_terms(text: str) -> list[str]:
     for tokens, prefix in kept if kept or terms else plain:
         # A trailing star requests a prefix match: "prox*" matches "proxy".
         terms.append(phrase(tokens) + (" *" if prefix else ""))
-    unique = []
+    unique = {}
     for term in terms:
-        if term.lower() not in (seen.lower() for seen in unique):
-            unique.append(term)
-    return unique
+        unique.setdefault(term.lower(), term)
+    return list(unique.values())[:MAX_TERMS]
 
 
 def fts_query(text: str) -> str:

@@ -39,8 +39,8 @@ BM25_RANK = "bm25(3.0, 1.0)"
 # A query term is common when more than this share of the posts contain it,
 # and more than COMMON_TERM_MIN posts, so that a small database has none. The
 # keyword arm skips the posts that contain only common terms. At 100,000
-# posts, 3% scored the dev queries as well as 10% in half the keyword time,
-# while 2% and 1% lost targets (benchmarks/search_speed.py).
+# posts, 3% scored the dev queries as well as 10% in about 40% less keyword
+# time, while 2% and 1% lost targets (benchmarks/search_speed.py).
 COMMON_TERM_SHARE = 0.03
 COMMON_TERM_MIN = 100
 FILTERED_IDS = (
@@ -196,11 +196,17 @@ def utc_iso(moment: datetime) -> str:
 def build_filters(db, source, since, until, topic) -> Filters:
     """Translate the source, date and topic filters into one SQL condition."""
     clauses, params = [], []
+    source = (source or "").strip()
     if source:
         clauses.append("(lower(f.slug) = lower(?) OR lower(f.company) = lower(?))")
-        params += [source.strip(), source.strip()]
+        params += [source, source]
     start = parse_date(since, "since")
     end = parse_date(until, "until")
+    if start and end and start[:10] > end[:10]:
+        raise SearchError(
+            f"Invalid date range: since {since} is after until {until}.\n"
+            "Swap the two dates."
+        )
     if start:
         clauses.append("p.published >= ?")
         params.append(start)
@@ -222,8 +228,12 @@ def topic_id(db, topic: int | str) -> int:
             "Fit topics first, or search without a topic."
         )
     text = str(topic).strip()
-    if text.isdigit():
-        row = db.execute("SELECT id FROM topics WHERE id = ?", [int(text)]).fetchone()
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        # SQLite integers are 64-bit, so a larger id cannot name a topic.
+        found = number < 2**63
+        query = "SELECT id FROM topics WHERE id = ?"
+        row = db.execute(query, [number]).fetchone() if found else None
     else:
         row = db.execute(
             "SELECT id FROM topics WHERE lower(label) = lower(?)", [text]
@@ -286,7 +296,8 @@ def split_terms(db, terms: list[str]) -> tuple[list[str], list[str]]:
 
     A term is common when more than COMMON_TERM_SHARE of the posts, and more
     than COMMON_TERM_MIN, contain it. Counting stops past that many matches,
-    so a common term costs a bounded scan.
+    so a common term costs a bounded scan. A term that no post contains is in
+    neither list, since it adds nothing to any score.
     """
     if len(terms) < 2:
         return terms, []
@@ -300,7 +311,7 @@ def split_terms(db, terms: list[str]) -> tuple[list[str], list[str]]:
         matches = db.execute(count, [term, cap + 1]).fetchone()[0]
         if matches > cap:
             common.append(term)
-        else:
+        elif matches:
             distinct.append(term)
     return distinct, common
 
@@ -440,9 +451,7 @@ def make_snippet(text: str | None, query: str, width: int = SNIPPET_CHARS) -> st
     start = window_start(text, hits, width)
     end = text.rfind(" ", start, start + width) if start + width < len(text) else -1
     end = len(text) if end <= start else end
-    excerpt = escape_html(text[start:end])
-    if pattern is not None:
-        excerpt = pattern.sub(r"<mark>\g<0></mark>", excerpt)
+    excerpt = highlight(text[start:end], pattern)
     prefix = "… " if start > 0 else ""
     suffix = " …" if end < len(text) or len(text) >= SNIPPET_SCAN_CHARS - 1 else ""
     return prefix + excerpt + suffix
@@ -477,6 +486,20 @@ def term_pattern(query: str) -> re.Pattern | None:
     return re.compile(rf"(?<!\w)(?:{alternatives})\w*", re.IGNORECASE)
 
 
-def escape_html(text: str | None) -> str:
-    text = re.sub(r"\s+", " ", text or "").strip()
+def highlight(text: str, pattern: re.Pattern | None) -> str:
+    """Escape ``text`` for HTML and wrap each match of ``pattern`` in ``<mark>``.
+
+    Matching runs on the raw text, so a query word such as "amp" never marks
+    part of an escaped "&amp;".
+    """
+    pieces, done = [], 0
+    for match in pattern.finditer(text) if pattern is not None else ():
+        pieces.append(escape_html(text[done : match.start()]))
+        pieces.append(f"<mark>{escape_html(match.group(0))}</mark>")
+        done = match.end()
+    pieces.append(escape_html(text[done:]))
+    return "".join(pieces)
+
+
+def escape_html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

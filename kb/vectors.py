@@ -438,7 +438,7 @@ def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
     # A long post can fill several of the nearest vectors, so ask for more
     # vectors than posts and widen until k distinct posts come back. vec0's
     # cost grows with k, so start low.
-    wanted = min(total, k * 2)
+    wanted = min(total, k * 2, VEC_MAX_K)
     while True:
         rows = db.execute(
             f"WITH knn AS (SELECT rowid, distance FROM {VEC_TABLE} "
@@ -452,9 +452,10 @@ def nearest_with_vec(db, query, k, probes, allowed) -> list[tuple[int, float]]:
         results = best_per_post(post_ids, scores, k)
         if len(results) >= k or len(rows) < wanted or wanted >= total:
             return results
+        if wanted == VEC_MAX_K:
+            # vec0 cannot return more vectors, so scan them all with numpy.
+            return scan_rows(cached_matrix(db), query, k, probes, allowed)
         wanted = min(total, wanted * 2, VEC_MAX_K)
-        if wanted == VEC_MAX_K and len(rows) == VEC_MAX_K:
-            return results
 
 
 # sqlite-vec 0.1.9 rejects KNN queries with k above 4096.

@@ -18,13 +18,14 @@ from kb.cli import cli
 from kb.db import open_db
 from kb.embed import embed_posts
 from kb.errors import SearchError
-from kb.query import fts_query, query_terms
+from kb.query import MAX_TERMS, fts_query, query_terms
 from kb.search import (
     KEYWORD_WEIGHT,
     RRF_K,
     SEMANTIC_WEIGHT,
     Filters,
     keyword_ranking,
+    make_snippet,
     search,
     split_terms,
 )
@@ -139,6 +140,11 @@ def test_keyword_snippet_is_highlighted_and_escaped(tmp_path, fake_embedder):
     assert "<b>" not in result.snippet
 
 
+def test_snippet_never_marks_inside_an_entity():
+    snippet = make_snippet("AI News & Insights <weekly>", "amp lt weekly")
+    assert snippet == "AI News &amp; Insights &lt;<mark>weekly</mark>&gt;"
+
+
 def common_word_db(tmp_path, monkeypatch):
     """Return 120 posts that all contain "platform", four of them also "zanzibar"."""
     monkeypatch.setattr(kb.search, "COMMON_TERM_MIN", 10)
@@ -168,6 +174,13 @@ def test_split_keeps_or_query_scores(tmp_path, monkeypatch):
     ).fetchall()
     assert [post_id for post_id, _ in split] == [row[0] for row in plain]
     assert [score for _, score in split] == pytest.approx([row[1] for row in plain])
+
+
+def test_misspelt_word_keeps_other_matches(tmp_path, monkeypatch):
+    db = common_word_db(tmp_path, monkeypatch)
+    assert split_terms(db, ['"platform"', '"xyzzyq"']) == ([], ['"platform"'])
+    results = search(db, "platform xyzzyq", mode="keyword", limit=200)
+    assert len(results) == 120
 
 
 def test_posts_with_only_common_terms_are_left_out(tmp_path, monkeypatch):
@@ -373,9 +386,27 @@ def test_topic_filter_tolerates_missing_tables(db):
         search(db, "postgres", topic="databases")
 
 
-def test_unknown_topic_raises(db):
+@pytest.mark.parametrize("topic", ["nope", "999999999999999999999999", "²"])
+def test_unknown_topic_raises(db, topic):
     with pytest.raises(SearchError, match="Unknown topic"):
-        search(db, "postgres", topic="nope")
+        search(db, "postgres", topic=topic)
+
+
+def test_reversed_date_range_raises(db):
+    with pytest.raises(SearchError, match="since 2024-07-14 is after until"):
+        search(db, "flags", since="2024-07-14", until="2024-07-12")
+
+
+def test_blank_source_is_no_filter(db):
+    unfiltered = titles(search(db, "postgres"))
+    assert titles(search(db, "postgres", source="   ")) == unfiltered
+
+
+def test_long_query_keeps_first_terms():
+    words = " ".join(f"word{number}" for number in range(100_000))
+    terms = query_terms(words)
+    assert len(terms) == MAX_TERMS
+    assert terms[0] == '"word0"'
 
 
 # CLI -------------------------------------------------------------------------

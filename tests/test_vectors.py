@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import sqlite_utils
-from search_fixtures import make_db, post_id_by_title
+from search_fixtures import add_post, make_db, post_id_by_title
 
 from kb import vectors
 from kb.embed import embed_posts, get_embedder
@@ -249,3 +249,30 @@ def test_matrix_scanner_needs_no_connection(db, monkeypatch):
 def test_matrix_scanner_is_none_under_sqlite_vec(db, monkeypatch):
     monkeypatch.setenv("KB_VECTORS", "sqlite-vec")
     assert vectors.matrix_scanner(db) is None
+
+
+def test_semantic_limit_past_vec0_k_limit(tmp_path, fake_embedder, monkeypatch):
+    # 2,100 posts hold 4,200 vectors, and 2,049 posts need more than vec0's 4,096.
+    db = make_db(tmp_path / "many.db", posts=[])
+    feed = db["feeds"].get(1)["id"]
+    with db.conn:
+        for number in range(2100):
+            add_post(db, feed, f"Post {number}", None, f"release notes {number}")
+    embed_posts(db)
+    found = {}
+    for backend in BACKENDS:
+        monkeypatch.setenv("KB_VECTORS", backend)
+        results = search(db, "release notes", mode="semantic", limit=2049)
+        found[backend] = [result.post_id for result in results]
+    assert len(found["sqlite-vec"]) == 2049
+    assert found["sqlite-vec"] == found["numpy"]
+
+
+def test_vec_search_past_its_k_limit_scans_all(db, monkeypatch):
+    # vec0 returns at most VEC_MAX_K vectors, too few for 5 distinct posts.
+    query = query_vector("postgres replication")
+    monkeypatch.setenv("KB_VECTORS", "numpy")
+    expected = nearest_posts(db, query, 5)
+    monkeypatch.setenv("KB_VECTORS", "sqlite-vec")
+    monkeypatch.setattr(vectors, "VEC_MAX_K", 2)
+    assert nearest_posts(db, query, 5) == expected
