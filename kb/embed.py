@@ -52,6 +52,8 @@ class Embedder:
     name: str
     dim: int
     max_tokens: int
+    # Torch threads for encode_query; None keeps the process setting.
+    query_threads: int | None = None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` as an array of shape (len(texts), dim), L2-normalised."""

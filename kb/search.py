@@ -144,9 +144,9 @@ def search(
     filters = build_filters(db, source, since, until, topic)
     depth = max(limit, ARM_DEPTH) if mode == "hybrid" else limit
     keyword = []
-    semantic = None
+    finish_semantic = None
     if mode in ("hybrid", "semantic"):
-        semantic = semantic_ranking(
+        finish_semantic = semantic_ranking(
             db,
             query,
             model_name,
@@ -157,7 +157,7 @@ def search(
         )
     if mode in ("hybrid", "keyword"):
         keyword = keyword_ranking(db, query, depth, filters)
-    semantic = semantic() if semantic is not None else []
+    semantic = finish_semantic() if finish_semantic is not None else []
     fused = fuse(keyword, semantic, phrase_matches(db, query, filters))
     return describe(db, query, fused[:limit], keyword, semantic)
 
@@ -231,9 +231,9 @@ def topic_id(db, topic: int | str) -> int:
     if text.isascii() and text.isdigit():
         number = int(text)
         # SQLite integers are 64-bit, so a larger id cannot name a topic.
-        found = number < 2**63
+        fits = number < 2**63
         query = "SELECT id FROM topics WHERE id = ?"
-        row = db.execute(query, [number]).fetchone() if found else None
+        row = db.execute(query, [number]).fetchone() if fits else None
     else:
         row = db.execute(
             "SELECT id FROM topics WHERE lower(label) = lower(?)", [text]

@@ -345,8 +345,6 @@ def nearest_posts(
     scan = matrix_scanner(db)
     if scan is not None:
         return scan(query, k, allowed)
-    if k <= 0 or (allowed is not None and not allowed):
-        return []
     search_with = functools.partial(nearest_with_vec, db)
     return widen_probes(search_with, cached_centroids(db), query, k, allowed)
 
@@ -366,14 +364,14 @@ def matrix_scanner(db) -> Callable[[np.ndarray, int, set[int] | None], list] | N
 def scan_matrix(
     vm: VectorMatrix, centroids, query, k, allowed
 ) -> list[tuple[int, float]]:
-    if k <= 0 or (allowed is not None and not allowed):
-        return []
     search_with = functools.partial(scan_rows, vm)
     return widen_probes(search_with, centroids, query, k, allowed)
 
 
 def widen_probes(search_with, centroids, query, k, allowed) -> list[tuple[int, float]]:
     """Run ``search_with(query, k, probes, allowed)`` until it finds ``k`` posts."""
+    if k <= 0 or (allowed is not None and not allowed):
+        return []
     count = IVF_PROBES
     while True:
         probes = None if allowed is not None else pick_probes(centroids, query, count)

@@ -85,9 +85,7 @@ def limit_model_threads(datasette) -> None:
             f"Invalid kb plugin setting model_threads={threads!r}: it must be a "
             "whole number of at least 1."
         )
-    embedder = load_embedder(datasette)
-    if hasattr(embedder, "query_threads"):
-        embedder.query_threads = threads
+    load_embedder(datasette).query_threads = threads
     if "torch" not in sys.modules:
         return  # the model in use does not run on torch
     sys.modules["torch"].set_num_threads(threads)
